@@ -1,0 +1,45 @@
+"""Archipel: write Python services once, run them as a monolith or as microservices.
+
+The public API lives here; every other module is private (``archipel._*``).
+"""
+
+from msgspec import Struct
+
+from ._app import App
+from ._errors import (
+    ArchipelError,
+    BadRequest,
+    Conflict,
+    DeadlineExceeded,
+    DefinitionError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    RemoteError,
+    TooManyRequests,
+    Unavailable,
+)
+from ._model import Event, Service, on, rpc
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "ArchipelError",
+    "BadRequest",
+    "Conflict",
+    "DeadlineExceeded",
+    "DefinitionError",
+    "Event",
+    "InvalidArgument",
+    "NotFound",
+    "PayloadTooLarge",
+    "RemoteError",
+    "Service",
+    "Struct",
+    "TooManyRequests",
+    "Unavailable",
+    "__version__",
+    "on",
+    "rpc",
+]

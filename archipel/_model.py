@@ -1,0 +1,247 @@
+"""The programming model: services, RPC methods, events and their handlers.
+
+Pure Python, no I/O. A service class is read once into a :class:`ServiceSpec`; everything
+else (runtime, transports, OpenAPI) works from the specs, never from the classes directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, overload
+
+import msgspec
+
+from ._errors import DefinitionError
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+E = TypeVar("E", bound="Event")
+
+_RPC_MARK = "__archipel_rpc__"
+_ON_MARK = "__archipel_on__"
+
+
+class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+    """Accepts ``topic=`` as a class keyword, next to msgspec's own (``frozen=``, ``kw_only=``...)."""
+
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], topic: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        cls = super().__new__(mcls, name, bases, namespace, **kwargs)
+        if topic is not None:
+            _check_topic(name, topic)
+            cls.__topic__ = topic
+        return cls
+
+
+def _check_topic(event_name: str, topic: str) -> None:
+    if not topic or topic.startswith("/") or any(c in topic for c in "#+$") or "//" in topic:
+        raise DefinitionError(
+            f"event {event_name}: topic {topic!r} must be a non-empty MQTT topic without wildcards, '$' "
+            "or a leading '/'"
+        )
+
+
+class Event(msgspec.Struct, metaclass=_EventMeta):
+    """Base of event types: ``class OrderPlaced(Event, topic="orders/placed"): ...``."""
+
+    __topic__: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class RpcOptions:
+    idempotent: bool = False
+
+
+@overload
+def rpc(func: F, /) -> F: ...
+@overload
+def rpc(*, idempotent: bool = False) -> Callable[[F], F]: ...
+def rpc(func: F | None = None, /, *, idempotent: bool = False) -> F | Callable[[F], F]:
+    """Mark an ``async`` method as callable by other services and over ``POST /{service}/{method}``.
+
+    ``idempotent=True`` promises that running the call twice has the effect of running it once,
+    so callers may retry it after a timeout or a lost connection.
+    """
+
+    def mark(f: F) -> F:
+        setattr(f, _RPC_MARK, RpcOptions(idempotent=idempotent))
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+def on(event_type: type[E]) -> Callable[[F], F]:
+    """Mark an ``async`` method as a handler of ``event_type``; it receives each event at least once."""
+    if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+        raise DefinitionError(f"@on expects an Event subclass, got {event_type!r}")
+
+    def mark(f: F) -> F:
+        setattr(f, _ON_MARK, event_type)
+        return f
+
+    return mark
+
+
+class Service:
+    """Base of services. Subclass it, add ``@rpc`` methods, ``@on(Event)`` handlers, and
+    dependencies as annotations naming other service classes.
+
+    The optional class keyword ``name=`` sets the service's name on the wire (default: the class
+    name in lower case).
+    """
+
+    __service_name__: ClassVar[str] = ""
+    _archipel_emit: Callable[[Event], Awaitable[None]] | None = None
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__service_name__ = name or cls.__name__.lower()
+
+    async def emit(self, event: Event) -> None:
+        """Publish ``event`` to every service that handles its type. Returns once it is handed
+        to the event bus (in microservices: acknowledged by the broker), before handlers run."""
+        if self._archipel_emit is None:
+            raise RuntimeError(f"{type(self).__name__}.emit: the service is not running in an app")
+        await self._archipel_emit(event)
+
+    async def start(self) -> None:
+        """Called once when the service starts, after its dependencies have started."""
+
+    async def stop(self) -> None:
+        """Called once when the service stops, before its dependencies stop."""
+
+    def asgi_app(self) -> Any:
+        """Return an ASGI app serving this service's own public HTTP routes, or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any
+    default: Any = msgspec.NODEFAULT
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    service: str
+    name: str
+    params: tuple[Param, ...]
+    returns: Any
+    idempotent: bool
+    arguments: type[msgspec.Struct]  # a Struct with one field per parameter: the wire schema
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.service}.{self.name}"
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    service: str
+    name: str
+    event_type: type[Event]
+
+    @property
+    def topic(self) -> str:
+        return self.event_type.__topic__
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    cls: type[Service]
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    handlers: tuple[HandlerSpec, ...] = ()
+    dependencies: dict[str, type[Service]] = field(default_factory=dict)
+
+
+def describe(cls: type[Service]) -> ServiceSpec:
+    """Read a service class into a spec, or raise DefinitionError naming the class and method."""
+    if not (isinstance(cls, type) and issubclass(cls, Service)) or cls is Service:
+        raise DefinitionError(f"{cls!r} is not a Service subclass")
+    cached: ServiceSpec | None = cls.__dict__.get("__archipel_spec__")
+    if cached is not None:
+        return cached
+    name = cls.__service_name__
+    hints = _hints(cls, cls.__name__)
+    dependencies = {
+        attr: hint for attr, hint in hints.items() if isinstance(hint, type) and issubclass(hint, Service)
+    }
+    methods: dict[str, MethodSpec] = {}
+    handlers: list[HandlerSpec] = []
+    for attr in dir(cls):
+        member = getattr(cls, attr, None)
+        if member is None or not callable(member):
+            continue
+        options: RpcOptions | None = getattr(member, _RPC_MARK, None)
+        event_type: type[Event] | None = getattr(member, _ON_MARK, None)
+        if options is not None:
+            methods[attr] = _method_spec(cls, name, attr, member, options)
+        if event_type is not None:
+            handlers.append(_handler_spec(cls, name, attr, member, event_type))
+    spec = ServiceSpec(name, cls, methods, tuple(handlers), dependencies)
+    type.__setattr__(cls, "__archipel_spec__", spec)
+    return spec
+
+
+def _hints(obj: Any, where: str) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(obj)
+    except Exception as exc:
+        raise DefinitionError(f"{where}: cannot resolve type annotations: {exc}") from exc
+
+
+def _where(cls: type, method: str) -> str:
+    return f"{cls.__name__}.{method}"
+
+
+def _method_spec(cls: type, service: str, attr: str, func: Any, options: RpcOptions) -> MethodSpec:
+    where = _where(cls, attr)
+    if not inspect.iscoroutinefunction(func):
+        raise DefinitionError(f"{where}: @rpc methods must be 'async def'")
+    hints = _hints(func, where)
+    params: list[Param] = []
+    for p in list(inspect.signature(func).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise DefinitionError(f"{where}: *args and **kwargs cannot be sent over the wire; name each one")
+        if p.name not in hints:
+            raise DefinitionError(f"{where}: parameter '{p.name}' has no type annotation")
+        default = msgspec.NODEFAULT if p.default is p.empty else p.default
+        params.append(Param(p.name, hints[p.name], default))
+    if "return" not in hints:
+        raise DefinitionError(f"{where}: the return type is not annotated (use '-> None' if nothing)")
+    fields = [
+        (p.name, p.annotation) if p.default is msgspec.NODEFAULT else (p.name, p.annotation, p.default)
+        for p in params
+    ]
+    try:
+        arguments = msgspec.defstruct(f"{cls.__name__}_{attr}_args", fields, forbid_unknown_fields=True)
+        msgspec.json.Decoder(arguments)
+        msgspec.json.Decoder(hints["return"])
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"{where}: a parameter or the return type cannot travel as JSON: {exc}") from exc
+    return MethodSpec(service, attr, tuple(params), hints["return"], options.idempotent, arguments)
+
+
+def _handler_spec(cls: type, service: str, attr: str, func: Any, event_type: type[Event]) -> HandlerSpec:
+    where = _where(cls, attr)
+    if not inspect.iscoroutinefunction(func):
+        raise DefinitionError(f"{where}: @on handlers must be 'async def'")
+    if not event_type.__topic__:
+        raise DefinitionError(f"{where}: event {event_type.__name__} has no topic (class X(Event, topic=...))")
+    params = list(inspect.signature(func).parameters.values())[1:]
+    hints = _hints(func, where)
+    if len(params) != 1:
+        raise DefinitionError(f"{where}: an @on handler takes exactly one parameter, the event")
+    annotation = hints.get(params[0].name)
+    if annotation is not event_type:
+        raise DefinitionError(
+            f"{where}: handles {event_type.__name__} but its parameter '{params[0].name}' is annotated "
+            f"{getattr(annotation, '__name__', annotation)!s}"
+        )
+    return HandlerSpec(service, attr, event_type)
