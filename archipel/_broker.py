@@ -1,0 +1,173 @@
+"""The embedded MQTT 5 broker for local runs, and broker URLs.
+
+:class:`EmbeddedBroker` runs rumqttd (through the ``iotcore`` wheel) in a child process, never
+inside a service's process. ``iotcore``'s default listener speaks MQTT 3.1.1 only, so we hand
+rumqttd a TOML config with a ``[v5.1]`` listener. The child exits when our end of its stdin pipe
+closes, so a killed parent does not leave a broker behind.
+
+What rumqttd 0.20 (iotcore 0.4.0) keeps, measured by ``tests/test_mqtt_bus.py`` and by hand:
+
+- Everything lives in memory. Stopping or crashing the broker loses every session, subscription
+  and queued message; clients reconnect to an empty broker and must subscribe again (``MqttBus``
+  does, through zmqtt).
+- Persistent sessions (``clean_start=False`` plus a session expiry) survive a client disconnect:
+  rumqttd keeps the session's subscriptions and its read position in the in-memory commit log,
+  so events published while a durable consumer is down, shared subscriptions included, are
+  delivered when it comes back. The backlog is bounded by ``max_segment_size * max_segment_count``
+  of the router (about 1 GB here) rather than by a message count.
+- Unacknowledged QoS 1 messages of a *plain* subscription are redelivered when a persistent
+  session reconnects.
+- Known bug: when a persistent session disconnects (cleanly or not) while it holds an
+  unacknowledged message from a *shared* subscription (``$share/...``), rumqttd's router thread
+  panics (``routing.rs:512 "group must exists"``) and the broker stops serving: it still accepts
+  TCP connections but closes them. So the "redelivered after a consumer crash" promise holds on
+  Mosquitto/EMQX, not on the embedded broker. Clean sessions do not trigger it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import iotcore
+
+DEFAULT_PORT = 1883
+
+_CONFIG = """\
+id = 0
+
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v5.1]
+name = "v5-1"
+listen = "{host}:{port}"
+next_connection_delay_ms = 1
+
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 100
+"""
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` -> ``(host, port)``; the port defaults to 1883."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ValueError(f"bad broker URL {url!r}: {exc}") from exc
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"bad broker URL {url!r}: expected mqtt://host[:port]")
+    return parts.hostname, port if port is not None else DEFAULT_PORT
+
+
+def _free_port(host: str) -> int:
+    # rumqttd would accept port 0 but never tells us which port it got, so pick one first.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """rumqttd with an MQTT 5 listener, running in a child process::
+
+    with EmbeddedBroker() as broker:
+        bus = MqttBus(broker.url, ...)
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or _free_port(host)
+        self._broker: iotcore.Broker | None = None
+        self._config_path: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def is_running(self) -> bool:
+        return self._broker is not None and bool(self._broker.is_running)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the broker; return once it accepts connections (RuntimeError/OSError otherwise)."""
+        if self.is_running:
+            return
+        fd, path = tempfile.mkstemp(prefix="archipel-rumqttd-", suffix=".toml")
+        with os.fdopen(fd, "w") as config:
+            config.write(_CONFIG.format(host=self.host, port=self.port))
+        self._config_path = path
+        broker = iotcore.Broker(config_path=path)
+        try:
+            broker.start(timeout=timeout)
+        except BaseException:
+            self._remove_config()
+            raise
+        self._broker = broker
+
+    def stop(self) -> None:
+        """Stop the broker and release its port. Safe to call twice."""
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            broker.stop()
+        self._remove_config()
+
+    def _remove_config(self) -> None:
+        path, self._config_path = self._config_path, None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedBroker {self.url} {'running' if self.is_running else 'stopped'}>"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m archipel._broker --host 127.0.0.1 --port 1883``: run until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m archipel._broker", description="Run an MQTT 5 broker.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    args = parser.parse_args(argv)
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    broker = EmbeddedBroker(args.host, args.port)
+    broker.start()
+    try:
+        print(f"ready {broker.url}", flush=True)
+        # The broker child would outlive a SIGKILL of this process only until its stdin closes.
+        while not stopping.wait(1.0):
+            if not broker.is_running:
+                print(f"broker {broker.url} exited", file=sys.stderr, flush=True)
+                sys.exit(1)
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Deployment settings from ``archipel.toml`` or ``[tool.archipel]`` in ``pyproject.toml``.
+
+::
+
+    app = "shop.app:app"          # what to run
+    mode = "microservices"        # or "monolith"
+    broker = "embedded"           # or "mqtt://host:1883"
+    host = "127.0.0.1"
+    port = 8000                   # first port; 0 picks free ports
+    [groups]                      # services that share a process (default: one per process)
+    storefront = ["frontend", "catalog"]
+    [replicas]                    # processes per group or service
+    checkout = 2
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    app: str | None = None
+    mode: str = "microservices"
+    broker: str = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    replicas: dict[str, int] = msgspec.field(default_factory=dict)
+    source: str | None = None  # the file the settings came from
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def find_settings(start: Path | None = None) -> Settings:
+    """Settings from the nearest ``archipel.toml`` or ``pyproject.toml`` with ``[tool.archipel]``."""
+    folder = (start or Path.cwd()).resolve()
+    for candidate in [folder, *folder.parents]:
+        toml = candidate / "archipel.toml"
+        if toml.is_file():
+            return load_settings(toml)
+        pyproject = candidate / "pyproject.toml"
+        if pyproject.is_file() and "archipel" in _read(pyproject).get("tool", {}):
+            return load_settings(pyproject)
+    return Settings()
+
+
+def load_settings(path: Path) -> Settings:
+    data = _read(path)
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("archipel", {})
+    try:
+        settings = msgspec.convert(data, type=Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    settings.source = str(path)
+    if settings.app and (".py" in settings.app or "/" in settings.app):
+        # A file reference is relative to the settings file, not to the working directory.
+        module, _, attribute = settings.app.partition(":")
+        resolved = str((path.parent / module).resolve())
+        settings.app = f"{resolved}:{attribute}" if attribute else resolved
+    return settings
+
+
+def _read(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc

@@ -1,0 +1,281 @@
+"""The ASGI app every process serves: the RPC endpoints of its services, health, OpenAPI,
+metrics, and the services' own public routes.
+
+Written against raw ASGI with msgspec, because the internal RPC endpoint is on every hop's
+hot path (DESIGN.md: a framework costs 2-4.5x the server CPU of raw ASGI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import _context
+from ._errors import ArchipelError, DefinitionError
+from ._metrics import REGISTRY, RPC_REQUESTS, RPC_SECONDS
+from ._model import MethodSpec
+from ._openapi import openapi_document
+from ._runtime import Runtime
+
+log = logging.getLogger("archipel.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY = 1 << 20
+_JSON = [(b"content-type", b"application/json")]
+_FIELD_PATH = re.compile(r"at `(\$[^`]*)`")
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    kind: str
+    message: str
+    service: str = ""
+    method: str = ""
+    details: Any = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, kind: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.details = status, kind, message, details
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    spec: MethodSpec
+    call: Callable[..., Awaitable[Any]]
+    decoder: msgspec.json.Decoder[Any]
+    fields: tuple[str, ...]
+
+
+class RpcServer:
+    """ASGI app for one process. Lifespan startup starts the runtime; shutdown stops it."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        on_startup: Callable[[], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.max_body = max_body
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._public: ASGIApp | None = None
+        self._openapi: bytes | None = None
+        self._encoder = msgspec.json.Encoder()
+
+    async def start(self) -> None:
+        if self._on_startup is not None:
+            await self._on_startup()
+        await self.runtime.start()
+        publics = []
+        for name, instance in self.runtime.instances.items():
+            spec = self.runtime.app.specs[name]
+            for method in spec.methods.values():
+                self._endpoints[f"/{name}/{method.name}"] = _Endpoint(
+                    method,
+                    getattr(instance, method.name),
+                    msgspec.json.Decoder(method.arguments),
+                    tuple(p.name for p in method.params),
+                )
+            public = instance.asgi_app()
+            if public is not None:
+                publics.append((name, public))
+        if len(publics) > 1:
+            raise DefinitionError(
+                "only one service per process may serve public routes; found "
+                + ", ".join(name for name, _ in publics)
+            )
+        self._public = publics[0][1] if publics else None
+
+    async def stop(self) -> None:
+        await self.runtime.stop()
+        if self._on_shutdown is not None:
+            await self._on_shutdown()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif self._public is not None:
+            await self._public(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except BaseException as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        endpoint = self._endpoints.get(path)
+        if endpoint is not None and method == "POST":
+            await self._rpc(endpoint, scope, receive, send)
+        elif method == "GET" and path in _PROBES:
+            await _PROBES[path](self, send)
+        elif self._is_rpc_path(path):
+            await self._rpc_miss(path, method, send)
+        elif self._public is not None:
+            await self._public(scope, receive, send)
+        else:
+            await _error(send, 404, ErrorBody("not_found", f"no route {method} {path}"))
+
+    def _is_rpc_path(self, path: str) -> bool:
+        parts = path.strip("/").split("/")
+        return len(parts) == 2 and parts[0] in self.runtime.app.specs
+
+    async def _rpc_miss(self, path: str, method: str, send: Send) -> None:
+        service, name = path.strip("/").split("/")
+        spec = self.runtime.app.specs[service]
+        if service not in self.runtime.instances:
+            message = f"service {service!r} is not served by this process"
+        elif name not in spec.methods:
+            message = f"service {service!r} has no rpc method {name!r}"
+        else:
+            await _error(send, 405, ErrorBody("method_not_allowed", f"use POST for {path}", service, name))
+            return
+        await _error(send, 404, ErrorBody("not_found", message, service, name))
+
+    async def _rpc(self, endpoint: _Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        spec = endpoint.spec
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        _context.set_traceparent(headers.get(b"traceparent", b"").decode("latin-1") or None)
+        timeout = headers.get(_TIMEOUT)
+        try:
+            body = await self._read_body(headers, receive)
+            arguments = self._decode(endpoint, body)
+            if timeout is None:
+                result = await endpoint.call(**arguments)
+            else:
+                seconds = _timeout_seconds(timeout)
+                _context.set_timeout(seconds)
+                async with asyncio.timeout(seconds):
+                    result = await endpoint.call(**arguments)
+            payload = self._encoder.encode(result)
+            status = 200
+        except _HttpError as exc:
+            status, payload = exc.status, _encode_error(exc.kind, exc.message, spec, exc.details)
+        except ArchipelError as exc:
+            status, payload = exc.status, _encode_error(exc.kind, exc.message, spec, exc.details)
+        except TimeoutError:
+            status, payload = 504, _encode_error("deadline_exceeded", f"{spec.qualname} ran past its deadline", spec)
+        except Exception as exc:
+            log.exception("%s raised", spec.qualname)
+            status, payload = 500, _encode_error(type(exc).__name__, str(exc), spec)
+        await _respond(send, status, payload)
+        RPC_REQUESTS.labels(spec.service, spec.name, str(status)).inc()
+        RPC_SECONDS.labels(spec.service, spec.name).observe(time.perf_counter() - started)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise _HttpError(413, "payload_too_large", f"body of {int(declared)} bytes exceeds {self.max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _HttpError(413, "payload_too_large", f"body exceeds {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _decode(endpoint: _Endpoint, body: bytes) -> dict[str, Any]:
+        if not body.strip() and not endpoint.fields:
+            return {}
+        try:
+            decoded = endpoint.decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            match = _FIELD_PATH.search(str(exc))
+            raise _HttpError(422, "invalid_argument", str(exc), {"path": match.group(1) if match else "$"}) from exc
+        except msgspec.DecodeError as exc:
+            raise _HttpError(400, "bad_request", f"body is not valid JSON: {exc}") from exc
+        return {name: getattr(decoded, name) for name in endpoint.fields}
+
+    async def _healthz(self, send: Send) -> None:
+        await _respond(send, 200, b'{"status":"ok"}')
+
+    async def _readyz(self, send: Send) -> None:
+        ready = self.runtime.ready
+        body = msgspec.json.encode({"ready": ready, "services": list(self.runtime.instances)})
+        await _respond(send, 200 if ready else 503, body)
+
+    async def _openapi_json(self, send: Send) -> None:
+        if self._openapi is None:
+            specs = [self.runtime.app.specs[name] for name in self.runtime.local]
+            self._openapi = msgspec.json.encode(openapi_document(self.runtime.app.name, specs))
+        await _respond(send, 200, self._openapi)
+
+    async def _metrics(self, send: Send) -> None:
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": generate_latest(REGISTRY)})
+
+
+_TIMEOUT = _context.TIMEOUT_HEADER.encode()
+_PROBES: dict[str, Callable[[RpcServer, Send], Awaitable[None]]] = {
+    "/healthz": RpcServer._healthz,
+    "/readyz": RpcServer._readyz,
+    "/openapi.json": RpcServer._openapi_json,
+    "/metrics": RpcServer._metrics,
+}
+
+
+def _timeout_seconds(raw: bytes) -> float:
+    try:
+        value = float(raw) / 1000
+    except ValueError:
+        raise _HttpError(400, "bad_request", f"{_context.TIMEOUT_HEADER} must be a number of ms") from None
+    if value <= 0:
+        raise _HttpError(504, "deadline_exceeded", "the caller's deadline has already passed")
+    return value
+
+
+def _encode_error(kind: str, message: str, spec: MethodSpec, details: Any = None) -> bytes:
+    return msgspec.json.encode(ErrorResponse(ErrorBody(kind, message, spec.service, spec.name, details)))
+
+
+async def _error(send: Send, status: int, body: ErrorBody) -> None:
+    await _respond(send, status, msgspec.json.encode(ErrorResponse(body)))
+
+
+async def _respond(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+    await send({"type": "http.response.body", "body": body})

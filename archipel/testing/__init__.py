@@ -1,0 +1,177 @@
+"""Run an app inside a test, in either topology, and talk to it.
+
+>>> async with run_app(app, "microservices") as running:
+...     order_id = await running.client(Checkout).place_order("u1", "a@b.c")
+...     await running.events.wait_for(OrderPlaced, lambda e: e.order_id == order_id)
+
+With the pytest plugin (installed with archipel), the ``archipel_topology`` fixture runs the
+same test body as a monolith, as microservices on Mosquitto and on the embedded broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import uvicorn
+
+from .._app import App
+from .._bus import LocalBus
+from .._http_client import HttpTransport
+from .._http_server import RpcServer
+from .._loader import load_app, reference_of
+from .._model import Service
+from .._placement import Mode, plan
+from .._runtime import Runtime
+from .._supervisor import EMBEDDED, Supervisor, free_port
+from ._recorder import EventRecorder
+
+__all__ = ["EventRecorder", "RunningApp", "Topology", "run_app"]
+
+S = TypeVar("S", bound=Service)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where a test runs the app: ``mode``, and for microservices the broker URL or "embedded"."""
+
+    mode: Mode
+    broker: str | None = None
+
+    @classmethod
+    def parse(cls, value: Topology | str) -> Topology:
+        if isinstance(value, Topology):
+            return value
+        if value == "monolith":
+            return cls("monolith")
+        if value == "microservices":
+            return cls("microservices", EMBEDDED)
+        raise ValueError(f"topology must be 'monolith', 'microservices' or a Topology, not {value!r}")
+
+
+class RunningApp:
+    """A running app as a test sees it: proxies to call, URLs to request, events recorded."""
+
+    def __init__(self, app: App, topology: Topology, urls: Mapping[str, str], events: EventRecorder) -> None:
+        self.app = app
+        self.topology = topology
+        self.events = events
+        self._urls = dict(urls)
+        self._local: Runtime | None = None
+        self._transport: HttpTransport | None = None
+
+    def url_of(self, service: str) -> str:
+        """Base URL (``http://127.0.0.1:PORT``) of the process that hosts ``service``."""
+        if service not in self._urls:
+            raise KeyError(f"app {self.app.name!r} has no service {service!r}")
+        return self._urls[service]
+
+    def client(self, cls: type[S]) -> S:
+        """Call ``cls``'s rpc methods: the live instance in a monolith, an HTTP proxy otherwise."""
+        spec = self.app.spec_of(cls)
+        if self._local is not None:
+            return self._local.instances[spec.name]  # type: ignore[return-value]
+        assert self._transport is not None
+        proxy: S = self._transport.proxy(spec)
+        return proxy
+
+    def instance(self, cls: type[S]) -> S:
+        """The live instance (monolith only): for white-box assertions."""
+        if self._local is None:
+            raise RuntimeError("instances live in other processes in microservices mode; use client()")
+        return self._local.instances[self.app.spec_of(cls).name]  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def run_app(
+    app: App | str,
+    topology: Topology | str = "monolith",
+    *,
+    env: Mapping[str, str] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    timeout: float = 30.0,
+) -> AsyncIterator[RunningApp]:
+    """Start ``app`` for the duration of the block and stop every part of it afterwards."""
+    the_app = load_app(app) if isinstance(app, str) else app
+    where = Topology.parse(topology)
+    if where.mode == "monolith":
+        async with _monolith(the_app, where, env, timeout) as running:
+            yield running
+    else:
+        reference = app if isinstance(app, str) else reference_of(the_app)
+        async with _microservices(the_app, reference, where, env, groups, timeout) as running:
+            yield running
+
+
+@contextlib.asynccontextmanager
+async def _monolith(
+    app: App, topology: Topology, env: Mapping[str, str] | None, timeout: float
+) -> AsyncIterator[RunningApp]:
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    bus = LocalBus()
+    events = EventRecorder()
+    bus.observe(events.record)
+    runtime = Runtime(app, list(app.specs), bus)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(RpcServer(runtime), host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the test runner owns signals
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(timeout):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the monolith's server stopped during start-up")
+                await asyncio.sleep(0.01)  # uvicorn exposes no start-up event to await
+        running = RunningApp(app, topology, {name: f"http://127.0.0.1:{port}" for name in app.specs}, events)
+        running._local = runtime
+        yield running
+    finally:
+        server.should_exit = True
+        await task
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.asynccontextmanager
+async def _microservices(
+    app: App,
+    reference: str,
+    topology: Topology,
+    env: Mapping[str, str] | None,
+    groups: Mapping[str, Sequence[str]] | None,
+    timeout: float,
+) -> AsyncIterator[RunningApp]:
+    from .._mqtt import MqttBus
+
+    supervisor = Supervisor(
+        reference, app, plan(app, "microservices", groups), mode="microservices", broker=topology.broker, env=env
+    )
+    await supervisor.start(timeout)
+    urls = {service: child.url for child in supervisor.children for service in child.services}
+    events = EventRecorder()
+    assert supervisor.broker_url is not None
+    observer = MqttBus(supervisor.broker_url, app.name, client_id=f"{app.name}-test-observer-{os.getpid()}",
+                       durable=False)
+    observer.observe(events.record)
+    transport = HttpTransport({service: [url] for service, url in urls.items()})
+    try:
+        await observer.start()
+        await transport.start()
+        running = RunningApp(app, topology, urls, events)
+        running._transport = transport
+        yield running
+    finally:
+        await transport.close()
+        await observer.stop()
+        await supervisor.stop()

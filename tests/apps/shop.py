@@ -1,0 +1,102 @@
+"""A small app used by the core tests: an RPC chain, an event with two subscribers, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+from archipel import App, Event, InvalidArgument, NotFound, Service, Struct, on, rpc
+
+
+class Money(Struct):
+    currency: str
+    units: int
+    nanos: int = 0
+
+
+class Item(Struct):
+    sku: str
+    quantity: int
+
+
+class OrderPlaced(Event, topic="orders/placed"):
+    order_id: str
+    email: str
+    total: Money
+
+
+RATES = {"EUR": 1, "USD": 2}
+
+
+class Currency(Service):
+    @rpc(idempotent=True)
+    async def convert(self, amount: Money, to: str) -> Money:
+        """Convert an amount with a fixed rate table."""
+        if to not in RATES or amount.currency not in RATES:
+            raise NotFound(f"unknown currency {to if to not in RATES else amount.currency!r}")
+        return Money(to, amount.units * RATES[to] // RATES[amount.currency])
+
+
+class Checkout(Service):
+    currency: Currency
+
+    def __init__(self) -> None:
+        self.placed = 0
+
+    @rpc
+    async def place_order(self, user_id: str, email: str, items: list[Item], to: str = "EUR") -> str:
+        if not items:
+            raise InvalidArgument("an order needs at least one item")
+        total = await self.currency.convert(Money("EUR", sum(10 * i.quantity for i in items)), to=to)
+        self.placed += 1
+        order_id = f"o-{user_id}-{self.placed}"
+        await self.emit(OrderPlaced(order_id=order_id, email=email, total=total))
+        return order_id
+
+    @rpc
+    async def boom(self, message: str) -> None:
+        raise ValueError(message)
+
+    @rpc
+    async def nap(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "rested"
+
+    @rpc
+    async def echo(self, value: dict[str, int]) -> dict[str, int]:
+        return value
+
+
+class Email(Service):
+    def __init__(self) -> None:
+        self.sent: dict[str, str] = {}
+        self.failures: dict[str, int] = {}
+
+    @on(OrderPlaced)
+    async def confirm(self, event: OrderPlaced) -> None:
+        # Fails twice for "flaky" addresses (retried), always for "broken" ones (dead letter).
+        if event.email.startswith(("flaky", "broken")):
+            seen = self.failures.get(event.order_id, 0)
+            self.failures[event.order_id] = seen + 1
+            if event.email.startswith("broken") or seen < 2:
+                raise ConnectionError(f"mail server refused {event.email}")
+        self.sent[event.order_id] = f"{event.email}: {event.total.units} {event.total.currency}"
+
+    @rpc
+    async def sent_mail(self, order_id: str) -> str | None:
+        return self.sent.get(order_id)
+
+
+class Ledger(Service):
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+
+    @on(OrderPlaced)
+    async def record(self, event: OrderPlaced) -> None:
+        self.totals[event.order_id] = event.total.units
+
+    @rpc
+    async def total_of(self, order_id: str) -> int | None:
+        return self.totals.get(order_id)
+
+
+app = App("testshop", [Currency, Checkout, Email, Ledger])
