@@ -221,8 +221,7 @@ def _method_spec(cls: type, service: str, attr: str, func: Any, options: RpcOpti
     ]
     try:
         arguments = msgspec.defstruct(f"{cls.__name__}_{attr}_args", fields, forbid_unknown_fields=True)
-        msgspec.json.Decoder(arguments)
-        msgspec.json.Decoder(hints["return"])
+        msgspec.json.schema_components([arguments, hints["return"]])  # raises on types JSON cannot carry
     except (TypeError, ValueError) as exc:
         raise DefinitionError(f"{where}: a parameter or the return type cannot travel as JSON: {exc}") from exc
     return MethodSpec(service, attr, tuple(params), hints["return"], options.idempotent, arguments)

@@ -20,6 +20,7 @@ import aiohttp
 import msgspec
 
 from ._app import App
+from ._http_server import DEFAULT_MAX_BODY
 from ._placement import Mode, ProcessPlan
 from ._worker import ENV_VAR, WorkerSpec
 
@@ -77,6 +78,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         echo: Callable[[str, str], None] | None = None,
         restart: bool = True,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.app_ref, self.app, self.plans, self.mode = app_ref, app, plans, mode
         self.host = host
@@ -86,6 +88,7 @@ class Supervisor:
         self._env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._echo = echo
         self._restart = restart
+        self._max_body = max_body
         self.broker: Child | None = None
         self.children: list[Child] = []
         self._stopping = False
@@ -144,6 +147,7 @@ class Supervisor:
                     broker=self.broker_url if self.mode == "microservices" else None,
                     peers={s: u for s, u in peers.items() if s not in process.services},
                     replica=replica,
+                    max_body=self._max_body,
                 )
                 env = {**self._env, ENV_VAR: msgspec.json.encode(spec).decode()}
                 self.children.append(

@@ -22,7 +22,7 @@ import uvicorn
 from .._app import App
 from .._bus import LocalBus
 from .._http_client import HttpTransport
-from .._http_server import RpcServer
+from .._http_server import DEFAULT_MAX_BODY, RpcServer
 from .._loader import load_app, reference_of
 from .._model import Service
 from .._placement import Mode, plan
@@ -94,22 +94,23 @@ async def run_app(
     env: Mapping[str, str] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     timeout: float = 30.0,
+    max_body: int = DEFAULT_MAX_BODY,
 ) -> AsyncIterator[RunningApp]:
     """Start ``app`` for the duration of the block and stop every part of it afterwards."""
     the_app = load_app(app) if isinstance(app, str) else app
     where = Topology.parse(topology)
     if where.mode == "monolith":
-        async with _monolith(the_app, where, env, timeout) as running:
+        async with _monolith(the_app, where, env, timeout, max_body) as running:
             yield running
     else:
         reference = app if isinstance(app, str) else reference_of(the_app)
-        async with _microservices(the_app, reference, where, env, groups, timeout) as running:
+        async with _microservices(the_app, reference, where, env, groups, timeout, max_body) as running:
             yield running
 
 
 @contextlib.asynccontextmanager
 async def _monolith(
-    app: App, topology: Topology, env: Mapping[str, str] | None, timeout: float
+    app: App, topology: Topology, env: Mapping[str, str] | None, timeout: float, max_body: int
 ) -> AsyncIterator[RunningApp]:
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
@@ -119,7 +120,7 @@ async def _monolith(
     runtime = Runtime(app, list(app.specs), bus)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(RpcServer(runtime), host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+        uvicorn.Config(RpcServer(runtime, max_body=max_body), host="127.0.0.1", port=port, lifespan="on", log_level="warning")
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the test runner owns signals
     task = asyncio.create_task(server.serve())
@@ -151,11 +152,13 @@ async def _microservices(
     env: Mapping[str, str] | None,
     groups: Mapping[str, Sequence[str]] | None,
     timeout: float,
+    max_body: int,
 ) -> AsyncIterator[RunningApp]:
     from .._mqtt import MqttBus
 
     supervisor = Supervisor(
-        reference, app, plan(app, "microservices", groups), mode="microservices", broker=topology.broker, env=env
+        reference, app, plan(app, "microservices", groups), mode="microservices", broker=topology.broker, env=env,
+        max_body=max_body,
     )
     await supervisor.start(timeout)
     urls = {service: child.url for child in supervisor.children for service in child.services}

@@ -1,0 +1,333 @@
+"""The MQTT 5 event bus (zmqtt client): the wire contract of events between processes.
+
+An envelope with topic ``orders/placed`` of app ``shop`` travels as a QoS 1 PUBLISH on
+``shop/orders/placed``, JSON payload, content type ``application/json``, and its CloudEvents
+attributes (``specversion``, ``id``, ``source``, ``type``, ``time``, ``traceparent``) as MQTT 5
+user properties, so ``mosquitto_sub -V 5 -F '%P %p'`` shows everything.
+
+Each ``(group, topic)`` is one shared subscription ``$share/{group}/{app}/{topic}``: every group
+gets each event once and the replicas of a group share the work. A message is acknowledged
+(PUBACK) only after all of its handlers have returned, so a consumer that dies mid-handler gets
+it again (durable sessions; see ``_broker`` for the embedded broker's limit).
+
+Dead letters: the runtime publishes envelopes whose topic starts with ``$dead/``. zmqtt rejects
+``$`` anywhere but at the start of a topic (stricter than MQTT, which only reserves a *leading*
+``$``), so on the wire they travel as ``{app}/_dead/...`` and are mapped back on receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+from zmqtt import Message as MqttMessage
+from zmqtt import (
+    MQTTClient,
+    MQTTDisconnectedError,
+    MQTTError,
+    PublishProperties,
+    QoS,
+    ReconnectConfig,
+    Subscription,
+)
+
+from ._broker import parse_broker_url
+from ._bus import DEAD_PREFIX, Envelope, Handler
+
+log = logging.getLogger("archipel.mqtt")
+
+WIRE_DEAD_PREFIX = "_dead/"
+CONTENT_TYPE = "application/json"
+SESSION_EXPIRY = 3600  # seconds a durable consumer may stay away and still find its queued events
+
+# Must exceed the broker's in-flight window for QoS 1 (Mosquitto 20, EMQX 32, rumqttd
+# max_inflight_count 100): unacked messages then always fit, and zmqtt's read loop never blocks on
+# a full queue while a handler awaits the PUBACK of an event it emits (that would deadlock).
+# Only QoS 0 floods from foreign clients can fill it; then TCP pushes back on the broker.
+_RECEIVE_BUFFER = 10_000
+_MAX_SUBSCRIPTION_ID = 268_435_455
+_RECONNECT_POLL = 0.05
+
+
+@dataclass
+class BusStats:
+    published: int = 0
+    received: int = 0
+    acked: int = 0
+    failed: int = 0  # handler raised (the message is acked anyway) or the ack could not be sent
+
+
+@dataclass
+class _Route:
+    filter: str
+    handlers: list[Handler]
+    manual_ack: bool
+    subscription: Subscription | None = None
+
+
+def wire_topic(app: str, topic: str) -> str:
+    """The MQTT topic of an envelope topic: ``shop`` + ``$dead/x`` -> ``shop/_dead/x``."""
+    if topic.startswith(DEAD_PREFIX):
+        topic = WIRE_DEAD_PREFIX + topic.removeprefix(DEAD_PREFIX)
+    return f"{app}/{topic}"
+
+
+def envelope_topic(app: str, wire: str) -> str:
+    topic = wire.removeprefix(f"{app}/")
+    if topic.startswith(WIRE_DEAD_PREFIX):
+        return DEAD_PREFIX + topic.removeprefix(WIRE_DEAD_PREFIX)
+    return topic
+
+
+def subscription_id(key: str) -> int:
+    # Stable across restarts: a resumed durable session delivers queued messages tagged with the
+    # identifier of the previous run, and zmqtt routes on it.
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % _MAX_SUBSCRIPTION_ID + 1
+
+
+def encode_properties(envelope: Envelope) -> PublishProperties:
+    props = [
+        ("specversion", "1.0"),
+        ("id", envelope.id),
+        ("source", envelope.source),
+        ("type", envelope.type),
+        ("time", envelope.time),
+    ]
+    if envelope.traceparent:
+        props.append(("traceparent", envelope.traceparent))
+    return PublishProperties(
+        payload_format_indicator=1, content_type=CONTENT_TYPE, user_properties=tuple(props)
+    )
+
+
+def decode_message(app: str, message: MqttMessage) -> Envelope:
+    """An incoming PUBLISH as an Envelope; attributes a plain client did not send get defaults."""
+    attrs: dict[str, str] = dict(message.properties.user_properties) if message.properties else {}
+    return Envelope(
+        topic=envelope_topic(app, message.topic),
+        type=attrs.get("type", ""),
+        source=attrs.get("source", ""),
+        id=attrs.get("id") or uuid.uuid4().hex,
+        time=attrs.get("time") or datetime.datetime.now(datetime.UTC).isoformat(),
+        traceparent=attrs.get("traceparent"),
+        payload=message.payload,
+    )
+
+
+class MqttBus:
+    """EventBus over an MQTT 5 broker (``mqtt://host:port``).
+
+    ``durable=True`` keeps the broker-side session (stable ``client_id``, no clean start, one hour
+    expiry): events published while this process is down wait for it. ``durable=False`` starts
+    clean, for tests and observers. ``max_inflight`` bounds the handlers running at once; beyond
+    it messages wait in the client's buffer and, unacked, in the broker.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        app: str,
+        client_id: str,
+        *,
+        durable: bool = True,
+        max_inflight: int = 100,
+        connect_timeout: float = 30.0,
+        publish_timeout: float = 30.0,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        self.url = url
+        self.app = app
+        self.client_id = client_id
+        self.durable = durable
+        self.stats = BusStats()
+        self._host, self._port = parse_broker_url(url)
+        self._max_inflight = max_inflight
+        self._connect_timeout = connect_timeout
+        self._publish_timeout = publish_timeout
+        self._drain_timeout = drain_timeout
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._observers: list[Handler] = []
+        self._client: MQTTClient | None = None
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._active: list[_Route] = []
+        self._consumers: list[asyncio.Task[None]] = []
+        self._handling: set[asyncio.Task[None]] = set()
+
+    # -- EventBus ---------------------------------------------------------------------------
+
+    def subscribe(self, group: str, topic: str, handler: Handler) -> None:
+        self._check_not_started("subscribe")
+        route = self._routes.get((group, topic))
+        if route is None:
+            shared = f"$share/{group}/{wire_topic(self.app, topic)}"
+            route = self._routes[(group, topic)] = _Route(shared, [], manual_ack=True)
+        route.handlers.append(handler)
+
+    def observe(self, handler: Handler) -> None:
+        self._check_not_started("observe")
+        self._observers.append(handler)
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        client = MQTTClient(
+            self._host,
+            self._port,
+            client_id=self.client_id,
+            version="5.0",
+            clean_session=not self.durable,
+            session_expiry_interval=SESSION_EXPIRY if self.durable else 0,
+            # A service keeps trying while the broker restarts; the supervisor decides when to give up.
+            reconnect=ReconnectConfig(initial_delay=0.2, max_delay=5.0, max_attempts=None),
+            mqtt_connect_timeout=10.0,
+        )
+        try:
+            await asyncio.wait_for(client.connect(), self._connect_timeout)
+        except TimeoutError as exc:
+            raise ConnectionError(
+                f"MQTT broker {self.url} not reachable within {self._connect_timeout}s"
+            ) from exc
+        self._client = client
+        routes = list(self._routes.values())
+        if self._observers:
+            # Manual ack here too: observers' messages then count against the broker's in-flight
+            # window like the others, which keeps the receive buffer from filling (see above).
+            routes.append(_Route(f"{self.app}/#", self._observers, manual_ack=True))
+        try:
+            for route in routes:
+                self._active.append(route)
+                route.subscription = client.subscribe(
+                    route.filter,
+                    qos=QoS.AT_LEAST_ONCE,
+                    auto_ack=not route.manual_ack,
+                    receive_buffer_size=_RECEIVE_BUFFER,
+                    subscription_identifier=subscription_id(route.filter),
+                )
+                await route.subscription.start()
+                self._consumers.append(asyncio.create_task(self._consume(route), name=f"mqtt {route.filter}"))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        consumers, self._consumers = self._consumers, []
+        for task in consumers:
+            task.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        if self._handling:
+            _, pending = await asyncio.wait(set(self._handling), timeout=self._drain_timeout)
+            for task in pending:  # left unacked: the broker redelivers them
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        active, self._active = self._active, []
+        for route in active:
+            await self._detach(route)
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Publish at QoS 1; returns once the broker acknowledged it. While the connection is
+        being restored, waits (up to ``publish_timeout``) and retries: at least once."""
+        client = self._client
+        if client is None:
+            raise RuntimeError(f"event bus is stopped; cannot publish {envelope.topic!r}")
+        payload = envelope.payload if envelope.payload is not None else msgspec.json.encode(envelope.event)
+        topic = wire_topic(self.app, envelope.topic)
+        properties = encode_properties(envelope)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._wait_connected(client)
+                    await client.publish(topic, payload, qos=QoS.AT_LEAST_ONCE, properties=properties)
+            except (MQTTDisconnectedError, ConnectionError):
+                if self._client is not client:
+                    raise
+                continue  # the connection dropped before PUBACK: wait for the reconnect, send again
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"publishing {topic!r}: no broker acknowledgement within {self._publish_timeout}s"
+                ) from exc
+            self.stats.published += 1
+            return
+
+    # -- internals --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            client.connection_info  # noqa: B018 - raises while disconnected
+        except MQTTDisconnectedError:
+            return False
+        return True
+
+    async def _wait_connected(self, client: MQTTClient) -> None:
+        # zmqtt offers no "reconnected" signal; poll its handshake snapshot.
+        while self._client is client and not self.connected:  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(_RECONNECT_POLL)
+
+    def _check_not_started(self, what: str) -> None:
+        if self._client is not None:
+            raise RuntimeError(f"MqttBus.{what}() must be called before start()")
+
+    async def _consume(self, route: _Route) -> None:
+        assert route.subscription is not None
+        while True:
+            await self._slots.acquire()  # bounded concurrency; the buffer and the broker hold the rest
+            try:
+                message = await route.subscription.get_message()
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception:
+                self._slots.release()
+                log.exception("MQTT subscription %s stopped", route.filter)
+                return
+            self.stats.received += 1
+            task = asyncio.create_task(self._handle(route, message))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+    async def _handle(self, route: _Route, message: MqttMessage) -> None:
+        try:
+            envelope = decode_message(self.app, message)
+            results = await asyncio.gather(*(h(envelope) for h in route.handlers), return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    self.stats.failed += 1
+                    log.error("event handler failed on %s", message.topic, exc_info=result)
+            try:
+                await message.ack()
+            except (MQTTError, OSError):
+                # Connection lost meanwhile: a durable session gets the message again.
+                self.stats.failed += 1
+                log.warning("could not acknowledge %s; the broker will redeliver it", message.topic)
+            else:
+                self.stats.acked += 1
+        finally:
+            self._slots.release()
+
+    async def _detach(self, route: _Route) -> None:
+        subscription, route.subscription = route.subscription, None
+        if subscription is None:
+            return
+        # Detach, not unsubscribe: a durable session must keep its broker-side subscriptions so
+        # events published while we are down are queued for us.
+        with contextlib.suppress(Exception):
+            await subscription.detach()
