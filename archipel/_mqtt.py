@@ -248,15 +248,19 @@ class MqttBus:
         properties = encode_properties(envelope)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
+        retry = False
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
+                    if retry:  # let zmqtt's run loop notice the loss before we look again
+                        await asyncio.sleep(_RECONNECT_POLL)
                     await self._wait_connected(client)
                     await client.publish(topic, payload, qos=QoS.AT_LEAST_ONCE, properties=properties)
             except (MQTTDisconnectedError, ConnectionError):
                 if self._client is not client:
                     raise
-                continue  # the connection dropped before PUBACK: wait for the reconnect, send again
+                retry = True  # the connection dropped before PUBACK: wait for the reconnect, send again
+                continue
             except TimeoutError as exc:
                 raise TimeoutError(
                     f"publishing {topic!r}: no broker acknowledgement within {self._publish_timeout}s"

@@ -103,7 +103,7 @@ class Supervisor:
             self._plan_children()
             for child in self.children:
                 await self._launch(child)
-            await asyncio.gather(*(self._wait_ready(child, timeout) for child in self.children))
+            await asyncio.gather(*(self.wait_ready(child, timeout) for child in self.children))
         except BaseException:
             await self.stop()
             raise
@@ -181,7 +181,7 @@ class Supervisor:
             if self._echo is not None:
                 self._echo(child.label, line)
 
-    async def _wait_ready(self, child: Child, timeout: float) -> None:
+    async def wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:

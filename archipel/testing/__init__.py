@@ -63,6 +63,27 @@ class RunningApp:
         self._urls = dict(urls)
         self._local: Runtime | None = None
         self._transport: HttpTransport | None = None
+        self._supervisor: Supervisor | None = None
+
+    def pid_of(self, service: str) -> int:
+        """The OS process that hosts ``service`` (this test's own process in a monolith)."""
+        if self._supervisor is None:
+            return os.getpid()
+        for child in self._supervisor.children:
+            if service in child.services and child.pid is not None:
+                return child.pid
+        raise KeyError(service)
+
+    async def wait_restarted(self, service: str, old_pid: int, timeout: float = 20.0) -> int:
+        """After a process was killed: wait until the supervisor restarted it and it is ready."""
+        if self._supervisor is None:
+            raise RuntimeError("a monolith runs in the test's process; nothing restarts")
+        async with asyncio.timeout(timeout):
+            while (pid := self.pid_of(service)) == old_pid:
+                await asyncio.sleep(0.05)  # the supervisor's restart back-off runs first
+            child = next(c for c in self._supervisor.children if service in c.services)
+            await self._supervisor.wait_ready(child, timeout)
+        return pid
 
     def url_of(self, service: str) -> str:
         """Base URL (``http://127.0.0.1:PORT``) of the process that hosts ``service``."""
@@ -173,6 +194,7 @@ async def _microservices(
         await transport.start()
         running = RunningApp(app, topology, urls, events)
         running._transport = transport
+        running._supervisor = supervisor
         yield running
     finally:
         await transport.close()

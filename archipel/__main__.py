@@ -1,0 +1,5 @@
+"""``python -m archipel`` is the ``archipel`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""Events: delivery to every subscribed service, retries, dead letters, restarts (both topologies)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+
+import msgspec
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from archipel._bus import Envelope, LocalBus
+from archipel.testing import Topology, run_app
+from tests.apps.shop import Checkout, Email, Item, Ledger, Money, OrderPlaced, app
+from tests.conftest import eventually
+
+
+async def test_event_reaches_every_subscribed_service(archipel_topology: Topology) -> None:
+    async with run_app(app, archipel_topology) as running:
+        order = await running.client(Checkout).place_order("u1", "ada@example.org", [Item("a", 3)], to="USD")
+        event = await running.events.wait_for(OrderPlaced, lambda e: e.order_id == order)
+        assert event.total == Money("USD", 60)
+        email, ledger = running.client(Email), running.client(Ledger)
+        assert await eventually(lambda: email.sent_mail(order)) == "ada@example.org: 60 USD"
+        assert await eventually(lambda: ledger.total_of(order)) == 60
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(archipel_topology: Topology) -> None:
+    async with run_app(app, archipel_topology) as running:
+        checkout, email, ledger = running.client(Checkout), running.client(Email), running.client(Ledger)
+        flaky = await checkout.place_order("u1", "flaky@example.org", [Item("a", 1)])
+        broken = await checkout.place_order("u2", "broken@example.org", [Item("a", 1)])
+        # Two failures, then success on the third attempt.
+        assert await eventually(lambda: email.sent_mail(flaky)) == "flaky@example.org: 10 EUR"
+        letter = await running.events.wait_for_dead_letter("orders/placed")
+        assert letter.handler == "email.confirm" and "ConnectionError" in letter.reason
+        assert msgspec.json.decode(letter.payload)["order_id"] == broken
+        # The other subscriber and the emitter are untouched by the failing handler.
+        assert await eventually(lambda: ledger.total_of(broken)) == 10
+        assert await email.sent_mail(broken) is None
+
+
+async def test_local_bus_runs_handlers_concurrently_with_the_emitter() -> None:
+    bus = LocalBus()
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def slow(envelope: Envelope) -> None:
+        await release.wait()
+        seen.append("slow")
+
+    async def crashing(envelope: Envelope) -> None:
+        raise RuntimeError("observer bug")
+
+    bus.subscribe("a", "t", slow)
+    bus.observe(crashing)
+    await bus.start()
+    await bus.publish(Envelope(topic="t", type="T", source="/x"))  # returns before the handler finishes
+    assert seen == []
+    release.set()
+    await bus.stop()  # drains handlers in flight
+    assert seen == ["slow"]
+    with pytest.raises(RuntimeError, match="event bus is stopped"):
+        await bus.publish(Envelope(topic="t", type="T", source="/x"))
+
+
+def _paho(url: str) -> paho.Client:
+    host, port = url.removeprefix("mqtt://").split(":")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    client.connect(host, int(port))
+    client.loop_start()
+    return client
+
+
+def _publish(client: paho.Client, topic: str, payload: bytes) -> None:
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.UserProperty = [("specversion", "1.0"), ("id", uuid.uuid4().hex), ("type", "OrderPlaced")]
+    client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"archipel_{request.param}_url" if request.param == "mosquitto"
+                                       else "archipel_embedded_broker"))
+
+
+async def test_invalid_payload_is_dead_lettered_and_consumer_keeps_going(broker_url: str) -> None:
+    async with run_app(app, Topology("microservices", broker_url)) as running:
+        client = _paho(broker_url)
+        try:
+            _publish(client, "testshop/orders/placed", b'{"order_id": 7}')
+            letter = await running.events.wait_for_dead_letter("orders/placed")
+            assert "invalid payload" in letter.reason and "$.order_id" in letter.reason
+            good = OrderPlaced(order_id="o-plain", email="x@y", total=Money("EUR", 5))
+            _publish(client, "testshop/orders/placed", msgspec.json.encode(good))
+            ledger = running.client(Ledger)
+            assert await eventually(lambda: ledger.total_of("o-plain")) == 5
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+
+async def test_events_published_while_a_consumer_is_down_are_delivered_after_restart(broker_url: str) -> None:
+    async with run_app(app, Topology("microservices", broker_url)) as running:
+        checkout, ledger = running.client(Checkout), running.client(Ledger)
+        first = await checkout.place_order("u0", "a@b", [Item("a", 1)])
+        assert await eventually(lambda: ledger.total_of(first)) == 10
+        pid = running.pid_of("ledger")
+        os.kill(pid, signal.SIGKILL)
+        orders = [await checkout.place_order(f"u{i}", "a@b", [Item("a", i)]) for i in range(1, 6)]
+        await running.wait_restarted("ledger", pid)
+        for i, order in enumerate(orders, start=1):
+            assert await eventually(lambda order=order: ledger.total_of(order), timeout=15) == 10 * i
