@@ -34,6 +34,10 @@ class App:
             self._specs = _validate(self.name, self.services)
         return self._specs
 
+    def validate(self) -> None:
+        """Check every service definition now; raises DefinitionError naming the class and method."""
+        self._specs = _validate(self.name, self.services)
+
     def spec_of(self, cls: type[Service]) -> ServiceSpec:
         spec = describe(cls)
         if spec.name not in self.specs or self.specs[spec.name].cls is not cls:
@@ -62,9 +66,8 @@ def _validate(app: str, services: Sequence[type[Service]]) -> dict[str, ServiceS
         if not _NAME.match(spec.name):
             raise DefinitionError(f"{cls.__name__}: service name {spec.name!r} is not a valid name")
         if spec.name in specs:
-            raise DefinitionError(
-                f"App {app!r}: {cls.__name__} and {specs[spec.name].cls.__name__} share the name {spec.name!r}"
-            )
+            other = specs[spec.name].cls.__name__
+            raise DefinitionError(f"App {app!r}: {cls.__name__} and {other} share the name {spec.name!r}")
         specs[spec.name] = spec
     classes = {spec.cls for spec in specs.values()}
     for spec in specs.values():
@@ -86,10 +89,9 @@ def _topological(specs: dict[str, ServiceSpec]) -> list[str]:
         if state.get(name) == "done":
             return
         if state.get(name) == "visiting":
-            cycle = [*path[path.index(name):], name]
+            cycle = [*path[path.index(name) :], name]
             raise DefinitionError(
-                "dependency cycle cannot be started: "
-                + " -> ".join(specs[n].cls.__name__ for n in cycle)
+                "dependency cycle cannot be started: " + " -> ".join(specs[n].cls.__name__ for n in cycle)
             )
         state[name] = "visiting"
         for dep in specs[name].dependencies.values():

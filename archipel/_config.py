@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -44,7 +45,7 @@ def find_settings(start: Path | None = None) -> Settings:
         if toml.is_file():
             return load_settings(toml)
         pyproject = candidate / "pyproject.toml"
-        if pyproject.is_file() and "archipel" in _read(pyproject).get("tool", {}):
+        if pyproject.is_file() and "archipel" in _table(_read(pyproject), "tool"):
             return load_settings(pyproject)
     return Settings()
 
@@ -52,7 +53,7 @@ def find_settings(start: Path | None = None) -> Settings:
 def load_settings(path: Path) -> Settings:
     data = _read(path)
     if path.name == "pyproject.toml":
-        data = data.get("tool", {}).get("archipel", {})
+        data = _table(_table(data, "tool"), "archipel")
     try:
         settings = msgspec.convert(data, type=Settings)
     except msgspec.ValidationError as exc:
@@ -66,7 +67,12 @@ def load_settings(path: Path) -> Settings:
     return settings
 
 
-def _read(path: Path) -> dict[str, object]:
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    return value if isinstance(value, dict) else {}
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

@@ -39,7 +39,9 @@ class HttpTransport:
     def __init__(
         self, urls: Mapping[str, Sequence[str]], *, timeout: float = DEFAULT_TIMEOUT, pool_size: int = 100
     ) -> None:
-        self._urls: dict[str, Iterator[str]] = {name: itertools.cycle(list(u)) for name, u in urls.items() if u}
+        self._urls: dict[str, Iterator[str]] = {
+            name: itertools.cycle(list(u)) for name, u in urls.items() if u
+        }
         self._timeout = timeout
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
@@ -87,7 +89,9 @@ class HttpTransport:
         call.__doc__ = original.__doc__
         return call
 
-    async def _call(self, spec: MethodSpec, path: str, body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    async def _call(
+        self, spec: MethodSpec, path: str, body: bytes, decoder: msgspec.json.Decoder[Any]
+    ) -> Any:
         if self._session is None:
             await self.start()
         assert self._session is not None

@@ -192,7 +192,10 @@ class RpcServer:
         except ArchipelError as exc:
             status, payload = exc.status, _encode_error(exc.kind, exc.message, spec, exc.details)
         except TimeoutError:
-            status, payload = 504, _encode_error("deadline_exceeded", f"{spec.qualname} ran past its deadline", spec)
+            status, payload = (
+                504,
+                _encode_error("deadline_exceeded", f"{spec.qualname} ran past its deadline", spec),
+            )
         except Exception as exc:
             log.exception("%s raised", spec.qualname)
             status, payload = 500, _encode_error(type(exc).__name__, str(exc), spec)
@@ -203,7 +206,9 @@ class RpcServer:
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise _HttpError(413, "payload_too_large", f"body of {int(declared)} bytes exceeds {self.max_body}")
+            raise _HttpError(
+                413, "payload_too_large", f"body of {int(declared)} bytes exceeds {self.max_body}"
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -224,7 +229,9 @@ class RpcServer:
             decoded = endpoint.decoder.decode(body)
         except msgspec.ValidationError as exc:
             match = _FIELD_PATH.search(str(exc))
-            raise _HttpError(422, "invalid_argument", str(exc), {"path": match.group(1) if match else "$"}) from exc
+            raise _HttpError(
+                422, "invalid_argument", str(exc), {"path": match.group(1) if match else "$"}
+            ) from exc
         except msgspec.DecodeError as exc:
             raise _HttpError(400, "bad_request", f"body is not valid JSON: {exc}") from exc
         return {name: getattr(decoded, name) for name in endpoint.fields}

@@ -27,7 +27,11 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
     """Accepts ``topic=`` as a class keyword, next to msgspec's own (``frozen=``, ``kw_only=``...)."""
 
     def __new__(
-        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], topic: str | None = None,
+        mcls,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        topic: str | None = None,
         **kwargs: Any,
     ) -> Any:
         cls = super().__new__(mcls, name, bases, namespace, **kwargs)
@@ -223,7 +227,9 @@ def _method_spec(cls: type, service: str, attr: str, func: Any, options: RpcOpti
         arguments = msgspec.defstruct(f"{cls.__name__}_{attr}_args", fields, forbid_unknown_fields=True)
         msgspec.json.schema_components([arguments, hints["return"]])  # raises on types JSON cannot carry
     except (TypeError, ValueError) as exc:
-        raise DefinitionError(f"{where}: a parameter or the return type cannot travel as JSON: {exc}") from exc
+        raise DefinitionError(
+            f"{where}: a parameter or the return type cannot travel as JSON: {exc}"
+        ) from exc
     return MethodSpec(service, attr, tuple(params), hints["return"], options.idempotent, arguments)
 
 
@@ -232,7 +238,9 @@ def _handler_spec(cls: type, service: str, attr: str, func: Any, event_type: typ
     if not inspect.iscoroutinefunction(func):
         raise DefinitionError(f"{where}: @on handlers must be 'async def'")
     if not event_type.__topic__:
-        raise DefinitionError(f"{where}: event {event_type.__name__} has no topic (class X(Event, topic=...))")
+        raise DefinitionError(
+            f"{where}: event {event_type.__name__} has no topic (class X(Event, topic=...))"
+        )
     params = list(inspect.signature(func).parameters.values())[1:]
     hints = _hints(func, where)
     if len(params) != 1:

@@ -283,7 +283,7 @@ class MqttBus:
 
     async def _wait_connected(self, client: MQTTClient) -> None:
         # zmqtt offers no "reconnected" signal; poll its handshake snapshot.
-        while self._client is client and not self.connected:  # noqa: ASYNC110 - no event to wait on
+        while self._client is client and not self.connected:
             await asyncio.sleep(_RECONNECT_POLL)
 
     def _check_not_started(self, what: str) -> None:
@@ -311,7 +311,15 @@ class MqttBus:
     async def _handle(self, route: _Route, message: MqttMessage) -> None:
         try:
             envelope = decode_message(self.app, message)
-            results = await asyncio.gather(*(h(envelope) for h in route.handlers), return_exceptions=True)
+            handlers = route.handlers
+            if len(handlers) == 1:  # the common case; skips gather's extra tasks
+                results: list[BaseException | None] = []
+                try:
+                    await handlers[0](envelope)
+                except Exception as exc:
+                    results.append(exc)
+            else:
+                results = await asyncio.gather(*(h(envelope) for h in handlers), return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
                     self.stats.failed += 1

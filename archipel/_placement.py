@@ -41,9 +41,13 @@ def plan(
     for group, members in (groups or {}).items():
         for member in members:
             if member not in app.specs:
-                raise DefinitionError(f"group {group!r} names {member!r}, which is not a service of {app.name!r}")
+                raise DefinitionError(
+                    f"group {group!r} names {member!r}, which is not a service of {app.name!r}"
+                )
             if member in placed:
-                raise DefinitionError(f"service {member!r} is in two groups: {placed[member]!r} and {group!r}")
+                raise DefinitionError(
+                    f"service {member!r} is in two groups: {placed[member]!r} and {group!r}"
+                )
             placed[member] = group
         plans.append(ProcessPlan(group, tuple(members), replicas.get(group, 1)))
     plans += [ProcessPlan(n, (n,), replicas.get(n, 1)) for n in names if n not in placed]

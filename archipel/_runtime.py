@@ -94,7 +94,9 @@ class Runtime:
             return self.instances[service]
         if service not in self._proxies:
             if self._remote is None:
-                raise DefinitionError(f"service {service!r} is not in this process and no remote transport is set")
+                raise DefinitionError(
+                    f"service {service!r} is not in this process and no remote transport is set"
+                )
             self._proxies[service] = self._remote(self.app.specs[service])
         return self._proxies[service]
 
@@ -130,7 +132,9 @@ class Runtime:
             # so the bus can acknowledge and the consumer keeps going.
             _context.set_traceparent(envelope.traceparent)
             try:
-                event = envelope.event if envelope.event is not None else decoder.decode(envelope.payload or b"")
+                event = (
+                    envelope.event if envelope.event is not None else decoder.decode(envelope.payload or b"")
+                )
             except msgspec.DecodeError as exc:
                 log.warning("%s: dropped invalid %s event %s: %s", where, envelope.topic, envelope.id, exc)
                 dead.inc()

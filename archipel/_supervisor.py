@@ -44,6 +44,7 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
     restarts: int = 0
+    pump: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
@@ -171,7 +172,7 @@ class Supervisor:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
         )
-        asyncio.create_task(self._pump(child, child.process))
+        child.pump = asyncio.create_task(self._pump(child, child.process))
 
     async def _pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -187,7 +188,9 @@ class Supervisor:
             while time.monotonic() < deadline:
                 self._check_alive(child)
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with session.get(child.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    async with session.get(
+                        child.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
+                    ) as r:
                         if r.status == 200:
                             return
                 await asyncio.sleep(0.05)  # poll interval while the child boots
@@ -203,7 +206,9 @@ class Supervisor:
                 return
             except OSError:
                 await asyncio.sleep(0.05)
-        raise StartupError(f"{child.label} did not listen on {host}:{port} within {timeout:.0f}s\n{child.tail()}")
+        raise StartupError(
+            f"{child.label} did not listen on {host}:{port} within {timeout:.0f}s\n{child.tail()}"
+        )
 
     @staticmethod
     def _check_alive(child: Child) -> None:
@@ -219,7 +224,9 @@ class Supervisor:
                 return
             delay = min(10.0, 0.2 * 2**child.restarts)
             child.restarts += 1
-            log.warning("%s exited with code %s; restart %d in %.1fs", child.label, code, child.restarts, delay)
+            log.warning(
+                "%s exited with code %s; restart %d in %.1fs", child.label, code, child.restarts, delay
+            )
             await asyncio.sleep(delay)  # back-off between restarts of a crashing process
             if self._stopping:
                 return

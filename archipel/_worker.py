@@ -48,9 +48,7 @@ def build_server(app: App, spec: WorkerSpec) -> RpcServer:
 
         bus = MqttBus(spec.broker, app.name, client_id=f"{app.name}-{spec.name}-{spec.replica}")
     transport = HttpTransport(spec.peers)
-    runtime = Runtime(
-        app, spec.services, bus, remote=transport.proxy, handler_attempts=spec.handler_attempts
-    )
+    runtime = Runtime(app, spec.services, bus, remote=transport.proxy, handler_attempts=spec.handler_attempts)
     return RpcServer(runtime, max_body=spec.max_body, on_startup=transport.start, on_shutdown=transport.close)
 
 
@@ -67,7 +65,7 @@ def main() -> None:
     try:
         spec = msgspec.json.decode(os.environ[ENV_VAR], type=WorkerSpec)
         app = load_app(spec.app)
-        app.specs  # noqa: B018 - validate every definition before binding a port
+        app.validate()
         server = build_server(app, spec)
     except (KeyError, msgspec.DecodeError) as exc:
         sys.exit(f"archipel worker: missing or invalid {ENV_VAR}: {exc}")

@@ -50,7 +50,7 @@ def _load(reference: str | None, settings: Settings) -> tuple[str, Any]:
     assert reference is not None
     try:
         app = load_app(reference)
-        app.specs  # noqa: B018 - validate the definitions before anything starts
+        app.validate()
     except (AppNotFound, DefinitionError) as exc:
         _fail(str(exc))
     return reference, app
@@ -105,18 +105,27 @@ async def _serve(supervisor: Supervisor, state_dir: Path) -> int:
     except StartupError as exc:
         errors.print(f"[bold red]start-up failed:[/] {exc}")
         return 1
-    state = state_dir / STATE_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps(supervisor.status(), indent=2))
+    state = _write_state(state_dir, supervisor.status())
     _print_table(supervisor)
     try:
         await stop.wait()
     finally:
         console.print("stopping...")
         await supervisor.stop()
-        state.unlink(missing_ok=True)
+        _remove_state(state)
     console.print("stopped")
     return 0
+
+
+def _write_state(state_dir: Path, status: dict[str, object]) -> Path:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = state_dir / STATE_FILE
+    state.write_text(json.dumps(status, indent=2))
+    return state
+
+
+def _remove_state(state: Path) -> None:
+    state.unlink(missing_ok=True)
 
 
 def _print_table(supervisor: Supervisor) -> None:
@@ -161,7 +170,11 @@ def status(
         table.add_column(column)
     for process in data["processes"]:
         table.add_row(
-            process["name"], ", ".join(process["services"]), str(process["pid"]), str(process["alive"]), process["url"]
+            process["name"],
+            ", ".join(process["services"]),
+            str(process["pid"]),
+            str(process["alive"]),
+            process["url"],
         )
     console.print(table)
 

@@ -41,7 +41,7 @@ def test_unannotated_parameter_is_named() -> None:
             pass
 
     with pytest.raises(DefinitionError, match=r"Cart\.add: parameter 'sku' has no type annotation"):
-        App("shop", [Cart]).specs
+        App("shop", [Cart]).validate()
 
 
 def test_missing_return_annotation_is_named() -> None:
@@ -51,7 +51,7 @@ def test_missing_return_annotation_is_named() -> None:
             pass
 
     with pytest.raises(DefinitionError, match=r"Cart\.add: the return type is not annotated"):
-        App("shop", [Cart]).specs
+        App("shop", [Cart]).validate()
 
 
 def test_sync_rpc_is_refused() -> None:
@@ -61,7 +61,7 @@ def test_sync_rpc_is_refused() -> None:
             pass
 
     with pytest.raises(DefinitionError, match=r"Cart\.add: @rpc methods must be 'async def'"):
-        App("shop", [Cart]).specs
+        App("shop", [Cart]).validate()
 
 
 def test_parameter_that_cannot_travel_is_named() -> None:
@@ -74,7 +74,7 @@ def test_parameter_that_cannot_travel_is_named() -> None:
             pass
 
     with pytest.raises(DefinitionError, match=r"Cart\.add: a parameter or the return type cannot travel"):
-        App("shop", [Cart]).specs
+        App("shop", [Cart]).validate()
 
 
 def test_dependency_outside_the_app_is_named() -> None:
@@ -84,8 +84,10 @@ def test_dependency_outside_the_app_is_named() -> None:
     class Cart(Service):
         stock: Stock
 
-    with pytest.raises(DefinitionError, match=r"Cart\.stock: depends on Stock, which is not a service of app 'shop'"):
-        App("shop", [Cart]).specs
+    with pytest.raises(
+        DefinitionError, match=r"Cart\.stock: depends on Stock, which is not a service of app 'shop'"
+    ):
+        App("shop", [Cart]).validate()
 
 
 def test_dependency_cycle_is_named() -> None:
@@ -98,7 +100,7 @@ def test_dependency_cycle_is_named() -> None:
     globals().update(A=A, B=B)  # annotations resolve in module globals
     try:
         with pytest.raises(DefinitionError, match=r"dependency cycle cannot be started: A -> B -> A"):
-            App("shop", [A, B]).specs
+            App("shop", [A, B]).validate()
     finally:
         del globals()["A"], globals()["B"]
 
@@ -109,8 +111,10 @@ def test_handler_with_wrong_parameter_type_is_named() -> None:
         async def got(self, event: Other) -> None:
             pass
 
-    with pytest.raises(DefinitionError, match=r"Mail\.got: handles Ping but its parameter 'event' is annotated Other"):
-        App("shop", [Mail]).specs
+    with pytest.raises(
+        DefinitionError, match=r"Mail\.got: handles Ping but its parameter 'event' is annotated Other"
+    ):
+        App("shop", [Mail]).validate()
 
 
 def test_handler_with_two_parameters_is_refused() -> None:
@@ -120,7 +124,7 @@ def test_handler_with_two_parameters_is_refused() -> None:
             pass
 
     with pytest.raises(DefinitionError, match=r"Mail\.got: an @on handler takes exactly one parameter"):
-        App("shop", [Mail]).specs
+        App("shop", [Mail]).validate()
 
 
 def test_on_needs_an_event_type() -> None:
@@ -147,7 +151,7 @@ def test_duplicate_service_names_are_refused() -> None:
         pass
 
     with pytest.raises(DefinitionError, match="share the name 'same'"):
-        App("shop", [One, Two]).specs
+        App("shop", [One, Two]).validate()
 
 
 def test_app_name_is_checked() -> None:

@@ -141,9 +141,14 @@ async def _monolith(
     runtime = Runtime(app, list(app.specs), bus)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(RpcServer(runtime, max_body=max_body), host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+        uvicorn.Config(
+            RpcServer(runtime, max_body=max_body),
+            host="127.0.0.1",
+            port=port,
+            lifespan="on",
+            log_level="warning",
+        )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the test runner owns signals
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(timeout):
@@ -178,15 +183,21 @@ async def _microservices(
     from .._mqtt import MqttBus
 
     supervisor = Supervisor(
-        reference, app, plan(app, "microservices", groups), mode="microservices", broker=topology.broker, env=env,
+        reference,
+        app,
+        plan(app, "microservices", groups),
+        mode="microservices",
+        broker=topology.broker,
+        env=env,
         max_body=max_body,
     )
     await supervisor.start(timeout)
     urls = {service: child.url for child in supervisor.children for service in child.services}
     events = EventRecorder()
     assert supervisor.broker_url is not None
-    observer = MqttBus(supervisor.broker_url, app.name, client_id=f"{app.name}-test-observer-{os.getpid()}",
-                       durable=False)
+    observer = MqttBus(
+        supervisor.broker_url, app.name, client_id=f"{app.name}-test-observer-{os.getpid()}", durable=False
+    )
     observer.observe(events.record)
     transport = HttpTransport({service: [url] for service, url in urls.items()})
     try:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, lint, types, then every test (pytest's exit 5, "no tests", fails).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/services.sh
+echo "== ruff"; python3 -m ruff check . && python3 -m ruff format --check .
+echo "== mypy --strict"; python3 -m mypy archipel
+echo "== pytest"; python3 -m pytest -q "$@"
