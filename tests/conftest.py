@@ -9,7 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0, every: float = 0.02) -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0, every: float = 0.02
+) -> T:
     """Poll ``probe`` until it returns a value other than None (bounded by ``timeout``)."""
     async with asyncio.timeout(timeout):
         while (value := await probe()) is None:

@@ -18,14 +18,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def archipel(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "archipel", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, **kwargs
+        [sys.executable, "-m", "archipel", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
     )
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "archipel", "run", *args, "--port", "0", "--state-dir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

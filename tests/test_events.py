@@ -11,8 +11,8 @@ import msgspec
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from archipel._bus import Envelope, LocalBus
 from archipel.testing import Topology, run_app
@@ -71,7 +71,9 @@ async def test_local_bus_runs_handlers_concurrently_with_the_emitter() -> None:
 
 def _paho(url: str) -> paho.Client:
     host, port = url.removeprefix("mqtt://").split(":")
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
+    )
     client.connect(host, int(port))
     client.loop_start()
     return client
@@ -85,8 +87,11 @@ def _publish(client: paho.Client, topic: str, payload: bytes) -> None:
 
 @pytest.fixture(params=["mosquitto", "embedded"])
 def broker_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"archipel_{request.param}_url" if request.param == "mosquitto"
-                                       else "archipel_embedded_broker"))
+    return str(
+        request.getfixturevalue(
+            f"archipel_{request.param}_url" if request.param == "mosquitto" else "archipel_embedded_broker"
+        )
+    )
 
 
 async def test_invalid_payload_is_dead_lettered_and_consumer_keeps_going(broker_url: str) -> None:

@@ -19,13 +19,17 @@ from tests.apps.shop import Checkout, Item, app
 async def test_plain_mqtt_client_receives_event_with_cloudevents_properties(
     broker: str, request: pytest.FixtureRequest
 ) -> None:
-    url: str = request.getfixturevalue("archipel_mosquitto_url" if broker == "mosquitto" else "archipel_embedded_broker")
+    url: str = request.getfixturevalue(
+        "archipel_mosquitto_url" if broker == "mosquitto" else "archipel_embedded_broker"
+    )
     host, port = url.removeprefix("mqtt://").split(":")
     loop = asyncio.get_running_loop()
     received: asyncio.Future[paho.MQTTMessage] = loop.create_future()
     subscribed = asyncio.Event()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
+    )
     client.on_subscribe = lambda *_: loop.call_soon_threadsafe(subscribed.set)
     client.on_message = lambda _c, _u, message: loop.call_soon_threadsafe(
         lambda: received.done() or received.set_result(message)
@@ -43,7 +47,9 @@ async def test_plain_mqtt_client_receives_event_with_cloudevents_properties(
         client.disconnect()
     assert message.topic == "testshop/orders/placed" and message.qos == 1
     assert json.loads(message.payload) == {
-        "order_id": order, "email": "ada@example.org", "total": {"currency": "EUR", "units": 20, "nanos": 0}
+        "order_id": order,
+        "email": "ada@example.org",
+        "total": {"currency": "EUR", "units": 20, "nanos": 0},
     }
     properties = dict(message.properties.UserProperty)
     assert properties["specversion"] == "1.0" and properties["type"] == "OrderPlaced"
@@ -56,9 +62,15 @@ async def test_plain_mqtt_client_receives_event_with_cloudevents_properties(
 async def test_curl_calls_an_rpc(mode: str) -> None:
     async with run_app(app, mode) as running:
         command = [
-            "curl", "-s", "-X", "POST", f"{running.url_of('currency')}/currency/convert",
-            "-H", "content-type: application/json",
-            "-d", '{"amount": {"currency": "EUR", "units": 21}, "to": "USD"}',
+            "curl",
+            "-s",
+            "-X",
+            "POST",
+            f"{running.url_of('currency')}/currency/convert",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"amount": {"currency": "EUR", "units": 21}, "to": "USD"}',
         ]
         result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=10)
     assert json.loads(result.stdout) == {"currency": "USD", "units": 42, "nanos": 0}

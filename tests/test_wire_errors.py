@@ -36,8 +36,11 @@ async def test_wire_errors(archipel_topology: Topology) -> None:
         status, body = await post(http, f"{base}/checkout/place_order", b'{"user_id": "u", "items": []}')
         assert status == 422 and "email" in body["error"]["message"]
 
-        status, body = await post(http, f"{base}/checkout/place_order", b'{"user_id": "u", "email": "e", '
-                                  b'"items": [], "coupon": "x"}')
+        status, body = await post(
+            http,
+            f"{base}/checkout/place_order",
+            b'{"user_id": "u", "email": "e", "items": [], "coupon": "x"}',
+        )
         assert status == 422 and "coupon" in body["error"]["message"]
 
         status, body = await post(http, f"{base}/nosuch/thing", b"{}")
@@ -46,18 +49,27 @@ async def test_wire_errors(archipel_topology: Topology) -> None:
         status, body = await post(http, f"{base}/checkout/nosuch", b"{}")
         assert status == 404 and "nosuch" in body["error"]["message"]
 
-        status, body = await post(http, f"{base}/checkout/echo", b'{"value": {"a": 1, "b": "' + b"x" * LIMIT + b'"}}')
+        status, body = await post(
+            http, f"{base}/checkout/echo", b'{"value": {"a": 1, "b": "' + b"x" * LIMIT + b'"}}'
+        )
         assert status == 413 and body["error"]["kind"] == "payload_too_large"
 
         status, body = await post(http, f"{base}/checkout/boom", b'{"message": "kaput"}')
         assert status == 500 and body["error"] == {
-            "kind": "ValueError", "message": "kaput", "service": "checkout", "method": "boom"
+            "kind": "ValueError",
+            "message": "kaput",
+            "service": "checkout",
+            "method": "boom",
         }
 
-        status, body = await post(http, f"{base}/checkout/place_order", b'{"user_id": "u", "email": "e", "items": []}')
+        status, body = await post(
+            http, f"{base}/checkout/place_order", b'{"user_id": "u", "email": "e", "items": []}'
+        )
         assert status == 422 and body["error"]["kind"] == "invalid_argument"
 
-        status, body = await post(http, f"{base}/checkout/nap", b'{"seconds": 5}', **{"x-archipel-timeout-ms": "50"})
+        status, body = await post(
+            http, f"{base}/checkout/nap", b'{"seconds": 5}', **{"x-archipel-timeout-ms": "50"}
+        )
         assert status == 504 and body["error"]["kind"] == "deadline_exceeded"
 
         status, body = await post(http, f"{base}/checkout/echo", b'{"value": {"a": 1}}')
@@ -70,7 +82,10 @@ async def test_wire_errors(archipel_topology: Topology) -> None:
             async with http.get(base + probe) as response:
                 assert response.status == 200, probe
         async with http.get(base + "/metrics") as response:
-            assert 'archipel_rpc_requests_total{method="boom",service="checkout",status="500"}' in await response.text()
+            assert (
+                'archipel_rpc_requests_total{method="boom",service="checkout",status="500"}'
+                in await response.text()
+            )
 
 
 async def test_errors_keep_their_class_in_the_caller(archipel_topology: Topology) -> None:
