@@ -107,3 +107,36 @@ def test_openapi_describes_every_rpc() -> None:
     assert "/checkout/place_order" in document["paths"]
     request = document["paths"]["/currency/convert"]["post"]["requestBody"]["content"]["application/json"]
     assert request["schema"]["$ref"].endswith("Currency_convert_args")
+
+
+@pytest.mark.parametrize("file_name", ["archipel.toml", "pyproject.toml"])
+def test_app_and_placement_come_from_settings(tmp_path: Path, file_name: str) -> None:
+    settings = f'app = "{ROOT}/tests/apps/shop.py:app"\nmode = "microservices"\nport = 0\n[groups]\nall = ["currency", "checkout", "email", "ledger"]\n'
+    if file_name == "pyproject.toml":
+        settings = "[project]\nname = 'x'\n[tool.archipel]\n" + settings.replace(
+            "[groups]", "[tool.archipel.groups]"
+        )
+    (tmp_path / file_name).write_text(settings)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "archipel", "run", "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        status = wait_for_status(tmp_path / "state", runner)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 0, output
+    assert [p["name"] for p in status["processes"]] == ["all"]
+    assert status["mode"] == "microservices" and status["broker"].startswith("mqtt://127.0.0.1:")
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    (tmp_path / "archipel.toml").write_text('app = "x:y"\nmode = "monolith"\nreplicas = 3\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "archipel", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2 and "Expected `object`, got `int` - at `$.replicas`" in result.stderr

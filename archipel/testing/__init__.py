@@ -25,7 +25,7 @@ from .._http_client import HttpTransport
 from .._http_server import DEFAULT_MAX_BODY, RpcServer
 from .._loader import load_app, reference_of
 from .._model import Service
-from .._placement import Mode, plan
+from .._placement import Mode, ProcessPlan, plan
 from .._runtime import Runtime
 from .._supervisor import EMBEDDED, Supervisor, free_port
 from ._recorder import EventRecorder
@@ -91,6 +91,12 @@ class RunningApp:
             raise KeyError(f"app {self.app.name!r} has no service {service!r}")
         return self._urls[service]
 
+    def urls_of(self, service: str) -> list[str]:
+        """Base URLs of every replica of the process hosting ``service``."""
+        if self._supervisor is None:
+            return [self.url_of(service)]
+        return [c.url for c in self._supervisor.children if service in c.services]
+
     def client(self, cls: type[S]) -> S:
         """Call ``cls``'s rpc methods: the live instance in a monolith, an HTTP proxy otherwise."""
         spec = self.app.spec_of(cls)
@@ -114,6 +120,7 @@ async def run_app(
     *,
     env: Mapping[str, str] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
+    replicas: Mapping[str, int] | None = None,
     timeout: float = 30.0,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> AsyncIterator[RunningApp]:
@@ -125,7 +132,15 @@ async def run_app(
             yield running
     else:
         reference = app if isinstance(app, str) else reference_of(the_app)
-        async with _microservices(the_app, reference, where, env, groups, timeout, max_body) as running:
+        async with _microservices(
+            the_app,
+            reference,
+            where,
+            env,
+            plan(the_app, "microservices", groups, replicas),
+            timeout,
+            max_body,
+        ) as running:
             yield running
 
 
@@ -176,7 +191,7 @@ async def _microservices(
     reference: str,
     topology: Topology,
     env: Mapping[str, str] | None,
-    groups: Mapping[str, Sequence[str]] | None,
+    plans: list[ProcessPlan],
     timeout: float,
     max_body: int,
 ) -> AsyncIterator[RunningApp]:
@@ -185,21 +200,25 @@ async def _microservices(
     supervisor = Supervisor(
         reference,
         app,
-        plan(app, "microservices", groups),
+        plans,
         mode="microservices",
         broker=topology.broker,
         env=env,
         max_body=max_body,
     )
     await supervisor.start(timeout)
-    urls = {service: child.url for child in supervisor.children for service in child.services}
+    replicas: dict[str, list[str]] = {}
+    for child in supervisor.children:
+        for service in child.services:
+            replicas.setdefault(service, []).append(child.url)
+    urls = {service: addresses[0] for service, addresses in replicas.items()}
     events = EventRecorder()
     assert supervisor.broker_url is not None
     observer = MqttBus(
         supervisor.broker_url, app.name, client_id=f"{app.name}-test-observer-{os.getpid()}", durable=False
     )
     observer.observe(events.record)
-    transport = HttpTransport({service: [url] for service, url in urls.items()})
+    transport = HttpTransport(replicas)
     try:
         await observer.start()
         await transport.start()

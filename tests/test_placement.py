@@ -1,0 +1,74 @@
+"""Placement is configuration: groups share a process, replicas share the work."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+
+from archipel import DefinitionError
+from archipel._placement import ProcessPlan, plan
+from archipel.testing import Topology, run_app
+from tests.apps.shop import Checkout, Item, OrderPlaced, app
+from tests.conftest import eventually
+
+
+def test_plan_defaults_to_one_process_per_service() -> None:
+    assert [p.name for p in plan(app, "microservices")] == ["currency", "checkout", "email", "ledger"]
+    assert plan(app, "monolith") == [ProcessPlan("monolith", ("currency", "checkout", "email", "ledger"))]
+
+
+def test_plan_groups_and_replicas() -> None:
+    plans = plan(app, "microservices", {"orders": ["checkout", "currency"]}, {"ledger": 2})
+    assert plans[0] == ProcessPlan("orders", ("checkout", "currency"))
+    assert ProcessPlan("ledger", ("ledger",), 2) in plans
+
+
+@pytest.mark.parametrize(
+    ("groups", "replicas", "message"),
+    [
+        ({"g": ["nosuch"]}, {}, "group 'g' names 'nosuch'"),
+        ({"a": ["email"], "b": ["email"]}, {}, "'email' is in two groups"),
+        ({}, {"ghost": 2}, "unknown process"),
+        ({}, {"ledger": 0}, "at least 1"),
+    ],
+)
+def test_bad_placement_is_named(groups: dict[str, list[str]], replicas: dict[str, int], message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        plan(app, "microservices", groups, replicas)
+
+
+async def handled_by(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        text = await response.text()
+    match = re.search(
+        r'archipel_events_handled_total\{handler="record",outcome="ok",service="ledger"\} (\S+)', text
+    )
+    return int(float(match.group(1))) if match else 0
+
+
+async def test_grouped_services_share_a_process_and_replicas_share_events(
+    archipel_mosquitto_url: str,
+) -> None:
+    async with run_app(
+        app,
+        Topology("microservices", archipel_mosquitto_url),
+        groups={"orders": ["checkout", "currency"]},
+        replicas={"ledger": 2},
+    ) as running:
+        assert running.pid_of("checkout") == running.pid_of("currency") != running.pid_of("ledger")
+        checkout = running.client(Checkout)
+        orders = [await checkout.place_order(f"u{i}", "a@b", [Item("a", 1)]) for i in range(20)]
+        for order in orders:
+            await running.events.wait_for(OrderPlaced, lambda e, order=order: e.order_id == order)
+        urls = running.urls_of("ledger")
+        assert len(urls) == 2
+
+        async def both_done() -> list[int] | None:
+            counts = [await handled_by(url) for url in urls]
+            return counts if sum(counts) >= 20 else None
+
+        counts = await eventually(both_done)
+        assert sum(counts) == 20, counts  # each event handled once across the replicas
+        assert all(count > 0 for count in counts), counts  # and both replicas took a share
