@@ -111,7 +111,10 @@ def test_openapi_describes_every_rpc() -> None:
 
 @pytest.mark.parametrize("file_name", ["archipel.toml", "pyproject.toml"])
 def test_app_and_placement_come_from_settings(tmp_path: Path, file_name: str) -> None:
-    settings = f'app = "{ROOT}/tests/apps/shop.py:app"\nmode = "microservices"\nport = 0\n[groups]\nall = ["currency", "checkout", "email", "ledger"]\n'
+    settings = (
+        f'app = "{ROOT}/tests/apps/shop.py:app"\nmode = "microservices"\nport = 0\n'
+        '[groups]\nall = ["currency", "checkout", "email", "ledger"]\n'
+    )
     if file_name == "pyproject.toml":
         settings = "[project]\nname = 'x'\n[tool.archipel]\n" + settings.replace(
             "[groups]", "[tool.archipel.groups]"
