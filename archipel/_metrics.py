@@ -28,3 +28,9 @@ EVENTS_HANDLED = Counter(
 EVENTS_PUBLISHED = Counter(
     "archipel_events_published", "Events emitted by services of this process.", ["topic"], registry=REGISTRY
 )
+EVENTS_ACKED = Counter(
+    "archipel_events_acked",
+    "Events acknowledged to the broker after their handlers returned.",
+    ["topic"],
+    registry=REGISTRY,
+)

@@ -23,7 +23,7 @@ _RPC_MARK = "__archipel_rpc__"
 _ON_MARK = "__archipel_on__"
 
 
-class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+class _EventMeta(msgspec.StructMeta):
     """Accepts ``topic=`` as a class keyword, next to msgspec's own (``frozen=``, ``kw_only=``...)."""
 
     def __new__(
@@ -37,7 +37,7 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
         cls = super().__new__(mcls, name, bases, namespace, **kwargs)
         if topic is not None:
             _check_topic(name, topic)
-            cls.__topic__ = topic
+            setattr(cls, "__topic__", topic)  # noqa: B010 - a ClassVar set on the new class
         return cls
 
 
@@ -53,6 +53,10 @@ class Event(msgspec.Struct, metaclass=_EventMeta):
     """Base of event types: ``class OrderPlaced(Event, topic="orders/placed"): ...``."""
 
     __topic__: ClassVar[str] = ""
+
+    if typing.TYPE_CHECKING:  # tells type checkers that ``topic=`` is a valid class keyword
+
+        def __init_subclass__(cls, *, topic: str | None = None, **kwargs: Any) -> None: ...
 
 
 @dataclass(frozen=True)

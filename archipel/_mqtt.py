@@ -10,9 +10,13 @@ gets each event once and the replicas of a group share the work. A message is ac
 (PUBACK) only after all of its handlers have returned, so a consumer that dies mid-handler gets
 it again (durable sessions; see ``_broker`` for the embedded broker's limit).
 
-Dead letters: the runtime publishes envelopes whose topic starts with ``$dead/``. zmqtt rejects
-``$`` anywhere but at the start of a topic (stricter than MQTT, which only reserves a *leading*
-``$``), so on the wire they travel as ``{app}/_dead/...`` and are mapped back on receipt.
+Shared-subscription groups are named ``{service}:{topic}`` with ``/`` as ``.``
+(``$share/email:orders.placed/shop/orders/placed``): MQTT 5 keys a shared subscription by group
+*and* filter, but rumqttd (the embedded broker) keeps one filter per group name and client and
+silently drops the others, so one group name per (service, topic) works on every broker.
+
+Dead letters travel on ``{app}/$dead/{topic}``. MQTT only reserves a *leading* ``$``, but zmqtt's
+``publish`` refuses ``$`` anywhere, so dead letters go through its protocol layer directly.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from zmqtt import (
     ReconnectConfig,
     Subscription,
 )
+from zmqtt._internal.packets.publish import Publish
 
 from ._broker import parse_broker_url
 from ._bus import DEAD_PREFIX, Envelope, Handler
+from ._metrics import EVENTS_ACKED
 
 log = logging.getLogger("archipel.mqtt")
 
-WIRE_DEAD_PREFIX = "_dead/"
 CONTENT_TYPE = "application/json"
 SESSION_EXPIRY = 3600  # seconds a durable consumer may stay away and still find its queued events
 
@@ -72,17 +77,17 @@ class _Route:
 
 
 def wire_topic(app: str, topic: str) -> str:
-    """The MQTT topic of an envelope topic: ``shop`` + ``$dead/x`` -> ``shop/_dead/x``."""
-    if topic.startswith(DEAD_PREFIX):
-        topic = WIRE_DEAD_PREFIX + topic.removeprefix(DEAD_PREFIX)
+    """The MQTT topic of an envelope topic: ``shop`` + ``orders/placed`` -> ``shop/orders/placed``."""
     return f"{app}/{topic}"
 
 
 def envelope_topic(app: str, wire: str) -> str:
-    topic = wire.removeprefix(f"{app}/")
-    if topic.startswith(WIRE_DEAD_PREFIX):
-        return DEAD_PREFIX + topic.removeprefix(WIRE_DEAD_PREFIX)
-    return topic
+    return wire.removeprefix(f"{app}/")
+
+
+def share_group(service: str, topic: str) -> str:
+    """The shared-subscription group of a service's handlers of one topic (see the module doc)."""
+    return f"{service}:{topic.replace('/', '.')}"
 
 
 def subscription_id(key: str) -> int:
@@ -158,6 +163,7 @@ class MqttBus:
         self._observers: list[Handler] = []
         self._client: MQTTClient | None = None
         self._slots = asyncio.Semaphore(max_inflight)
+        self._dead_prefix = wire_topic(app, DEAD_PREFIX)
         self._active: list[_Route] = []
         self._consumers: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
@@ -168,7 +174,7 @@ class MqttBus:
         self._check_not_started("subscribe")
         route = self._routes.get((group, topic))
         if route is None:
-            shared = f"$share/{group}/{wire_topic(self.app, topic)}"
+            shared = f"$share/{share_group(group, topic)}/{wire_topic(self.app, topic)}"
             route = self._routes[(group, topic)] = _Route(shared, [], manual_ack=True)
         route.handlers.append(handler)
 
@@ -255,7 +261,10 @@ class MqttBus:
                     if retry:  # let zmqtt's run loop notice the loss before we look again
                         await asyncio.sleep(_RECONNECT_POLL)
                     await self._wait_connected(client)
-                    await client.publish(topic, payload, qos=QoS.AT_LEAST_ONCE, properties=properties)
+                    if topic.startswith(self._dead_prefix):
+                        await _publish_unchecked(client, topic, payload, properties)
+                    else:
+                        await client.publish(topic, payload, qos=QoS.AT_LEAST_ONCE, properties=properties)
             except (MQTTDisconnectedError, ConnectionError):
                 if self._client is not client:
                     raise
@@ -332,6 +341,8 @@ class MqttBus:
                 log.warning("could not acknowledge %s; the broker will redeliver it", message.topic)
             else:
                 self.stats.acked += 1
+                if route.manual_ack and route.handlers is not self._observers:
+                    EVENTS_ACKED.labels(envelope.topic).inc()
         finally:
             self._slots.release()
 
@@ -343,3 +354,17 @@ class MqttBus:
         # events published while we are down are queued for us.
         with contextlib.suppress(Exception):
             await subscription.detach()
+
+
+async def _publish_unchecked(
+    client: MQTTClient, topic: str, payload: bytes, properties: PublishProperties
+) -> None:
+    """QoS 1 publish of a topic with ``$`` past its first level, valid MQTT that zmqtt's
+    ``publish`` refuses. Uses zmqtt's protocol layer, the step its ``publish`` ends with."""
+    protocol = client._protocol
+    if protocol is None:
+        raise MQTTDisconnectedError("Not connected")
+    packet = Publish(
+        topic=topic, payload=payload, qos=QoS.AT_LEAST_ONCE, retain=False, dup=False, properties=properties
+    )
+    await protocol.publish(packet)

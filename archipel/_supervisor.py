@@ -27,6 +27,7 @@ from ._worker import ENV_VAR, WorkerSpec
 log = logging.getLogger("archipel.supervisor")
 
 EMBEDDED = "embedded"
+STABLE_AFTER = 30.0  # seconds a restarted process must live before its back-off resets
 
 
 class StartupError(RuntimeError):
@@ -80,6 +81,7 @@ class Supervisor:
         echo: Callable[[str, str], None] | None = None,
         restart: bool = True,
         max_body: int = DEFAULT_MAX_BODY,
+        durable: bool | None = None,
     ) -> None:
         self.app_ref, self.app, self.plans, self.mode = app_ref, app, plans, mode
         self.host = host
@@ -90,6 +92,10 @@ class Supervisor:
         self._echo = echo
         self._restart = restart
         self._max_body = max_body
+        # rumqttd (the embedded broker) can panic when a durable shared-subscription session is
+        # killed and comes back (docs/decisions/0003-embedded-broker.md): on it, sessions are
+        # clean unless asked otherwise. Any other broker keeps durable sessions.
+        self._durable = broker != EMBEDDED if durable is None else durable
         self.broker: Child | None = None
         self.children: list[Child] = []
         self._stopping = False
@@ -149,6 +155,7 @@ class Supervisor:
                     peers={s: u for s, u in peers.items() if s not in process.services},
                     replica=replica,
                     max_body=self._max_body,
+                    durable=self._durable,
                 )
                 env = {**self._env, ENV_VAR: msgspec.json.encode(spec).decode()}
                 self.children.append(
@@ -219,9 +226,12 @@ class Supervisor:
 
     async def _watch(self, child: Child) -> None:
         while not self._stopping and child.process is not None:
+            started = time.monotonic()
             code = await child.process.wait()
             if self._stopping or not self._restart:
                 return
+            if time.monotonic() - started > STABLE_AFTER:
+                child.restarts = 0  # it ran fine for a while: a new crash starts the back-off afresh
             delay = min(10.0, 0.2 * 2**child.restarts)
             child.restarts += 1
             log.warning(
@@ -246,6 +256,7 @@ class Supervisor:
             "app": self.app.name,
             "mode": self.mode,
             "broker": self.broker_url,
+            "broker_pid": None if self.broker is None else self.broker.pid,
             "supervisor_pid": os.getpid(),
             "processes": [
                 {

@@ -36,6 +36,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     replica: int = 0
     max_body: int = DEFAULT_MAX_BODY
     handler_attempts: int = 3
+    durable: bool = True  # persistent MQTT session: events wait for this process while it is down
 
 
 def build_server(app: App, spec: WorkerSpec) -> RpcServer:
@@ -46,7 +47,8 @@ def build_server(app: App, spec: WorkerSpec) -> RpcServer:
     else:
         from ._mqtt import MqttBus
 
-        bus = MqttBus(spec.broker, app.name, client_id=f"{app.name}-{spec.name}-{spec.replica}")
+        client_id = f"{app.name}-{spec.name}-{spec.replica}"
+        bus = MqttBus(spec.broker, app.name, client_id=client_id, durable=spec.durable)
     transport = HttpTransport(spec.peers)
     runtime = Runtime(app, spec.services, bus, remote=transport.proxy, handler_attempts=spec.handler_attempts)
     return RpcServer(runtime, max_body=spec.max_body, on_startup=transport.start, on_shutdown=transport.close)

@@ -110,8 +110,11 @@ async def test_invalid_payload_is_dead_lettered_and_consumer_keeps_going(broker_
             client.disconnect()
 
 
-async def test_events_published_while_a_consumer_is_down_are_delivered_after_restart(broker_url: str) -> None:
-    async with run_app(app, Topology("microservices", broker_url)) as running:
+async def test_events_published_while_a_consumer_is_down_are_delivered_after_restart(
+    archipel_mosquitto_url: str,
+) -> None:
+    # Mosquitto only: the embedded broker runs clean sessions (docs/decisions/0003-embedded-broker.md).
+    async with run_app(app, Topology("microservices", archipel_mosquitto_url)) as running:
         checkout, ledger = running.client(Checkout), running.client(Ledger)
         first = await checkout.place_order("u0", "a@b", [Item("a", 1)])
         assert await eventually(lambda: ledger.total_of(first)) == 10
@@ -121,3 +124,22 @@ async def test_events_published_while_a_consumer_is_down_are_delivered_after_res
         await running.wait_restarted("ledger", pid)
         for i, order in enumerate(orders, start=1):
             assert await eventually(lambda order=order: ledger.total_of(order), timeout=15) == 10 * i
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+async def test_a_killed_consumer_is_restarted_and_takes_new_events(
+    broker: str, request: pytest.FixtureRequest
+) -> None:
+    if broker == "mosquitto":
+        topology = Topology("microservices", request.getfixturevalue("archipel_mosquitto_url"))
+    else:
+        topology = Topology(
+            "microservices", request.getfixturevalue("archipel_embedded_broker"), durable=False
+        )
+    async with run_app(app, topology) as running:
+        checkout, ledger = running.client(Checkout), running.client(Ledger)
+        pid = running.pid_of("ledger")
+        os.kill(pid, signal.SIGKILL)
+        await running.wait_restarted("ledger", pid)
+        order = await checkout.place_order("u1", "a@b", [Item("a", 4)])
+        assert await eventually(lambda: ledger.total_of(order), timeout=15) == 40

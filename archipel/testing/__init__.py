@@ -41,6 +41,7 @@ class Topology:
 
     mode: Mode
     broker: str | None = None
+    durable: bool = True  # durable MQTT sessions (see Supervisor: off for the embedded broker)
 
     @classmethod
     def parse(cls, value: Topology | str) -> Topology:
@@ -49,7 +50,7 @@ class Topology:
         if value == "monolith":
             return cls("monolith")
         if value == "microservices":
-            return cls("microservices", EMBEDDED)
+            return cls("microservices", EMBEDDED, durable=False)
         raise ValueError(f"topology must be 'monolith', 'microservices' or a Topology, not {value!r}")
 
 
@@ -205,6 +206,8 @@ async def _microservices(
         broker=topology.broker,
         env=env,
         max_body=max_body,
+        durable=topology.durable,
+        echo=_echo if os.environ.get("ARCHIPEL_TEST_ECHO") else None,
     )
     await supervisor.start(timeout)
     replicas: dict[str, list[str]] = {}
@@ -230,3 +233,7 @@ async def _microservices(
         await transport.close()
         await observer.stop()
         await supervisor.stop()
+
+
+def _echo(label: str, line: str) -> None:
+    print(f"{label:>12} | {line}", flush=True)  # ARCHIPEL_TEST_ECHO=1 shows the processes' output

@@ -58,4 +58,4 @@ def archipel_topology(request: pytest.FixtureRequest) -> Topology:
         return Topology("monolith")
     if name == "microservices-mosquitto":
         return Topology("microservices", request.getfixturevalue("archipel_mosquitto_url"))
-    return Topology("microservices", request.getfixturevalue("archipel_embedded_broker"))
+    return Topology("microservices", request.getfixturevalue("archipel_embedded_broker"), durable=False)
