@@ -141,7 +141,7 @@ def _print_table(supervisor: Supervisor) -> None:
     for child in supervisor.children:
         for service in child.services:
             if supervisor.app.specs[service].cls.asgi_app is not Service.asgi_app:
-                console.print(f"[bold]{service}[/] public routes: {child.url}/")
+                console.print(f"[bold]{service}[/] serves its pages at [bold]{child.url}/[/]")
     console.print("ready (Ctrl-C stops everything)", style="green")
 
 
