@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import aiohttp
 import pytest
 
@@ -39,13 +37,13 @@ def test_bad_placement_is_named(groups: dict[str, list[str]], replicas: dict[str
         plan(app, "microservices", groups, replicas)
 
 
-async def handled_by(url: str) -> int:
-    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
-        text = await response.text()
-    match = re.search(
-        r'archipel_events_handled_total\{handler="record",outcome="ok",service="ledger"\} (\S+)', text
-    )
-    return int(float(match.group(1))) if match else 0
+async def recorded_by(url: str, order: str) -> bool:
+    """Whether the ledger replica at ``url`` recorded ``order`` (asked directly, not round-robin)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/ledger/total_of", json={"order_id": order}) as r,
+    ):
+        return await r.json() is not None
 
 
 async def test_grouped_services_share_a_process_and_replicas_share_events(
@@ -65,10 +63,10 @@ async def test_grouped_services_share_a_process_and_replicas_share_events(
         urls = running.urls_of("ledger")
         assert len(urls) == 2
 
-        async def both_done() -> list[int] | None:
-            counts = [await handled_by(url) for url in urls]
-            return counts if sum(counts) >= 20 else None
+        async def owners() -> list[list[bool]] | None:
+            seen = [[await recorded_by(url, order) for url in urls] for order in orders]
+            return seen if all(any(row) for row in seen) else None
 
-        counts = await eventually(both_done)
-        assert sum(counts) == 20, counts  # each event handled once across the replicas
-        assert all(count > 0 for count in counts), counts  # and both replicas took a share
+        seen = await eventually(owners)
+        assert all(sum(row) == 1 for row in seen), seen  # each event handled by exactly one replica
+        assert all(any(row[i] for row in seen) for i in range(2)), seen  # and both replicas took a share

@@ -50,11 +50,18 @@ class EventRecorder:
                 await self._changed.wait()
             return event
 
-    async def wait_for_dead_letter(self, topic: str, *, timeout: float = 10.0) -> DeadLetter:
+    async def wait_for_dead_letter(
+        self, topic: str, predicate: Callable[[DeadLetter], bool] | None = None, *, timeout: float = 10.0
+    ) -> DeadLetter:
+        """The first dead letter of events on ``topic`` matching ``predicate``; waits up to ``timeout``."""
+
+        def found() -> DeadLetter | None:
+            return next((d for d in self.dead_letters(topic) if predicate is None or predicate(d)), None)
+
         async with asyncio.timeout(timeout), self._changed:
-            while not (letters := self.dead_letters(topic)):
+            while (letter := found()) is None:
                 await self._changed.wait()
-            return letters[0]
+            return letter
 
 
 def _decode(envelope: Envelope, event_type: type[E]) -> E:

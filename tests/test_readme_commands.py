@@ -1,0 +1,58 @@
+"""The README's main command (`make shop`) as a user runs it, on free ports instead of 8000."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.test_cli import ROOT, alive, wait_for_status
+
+
+def shop_command() -> list[str]:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^shop:.*?\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe is not None
+    line = next(cmd for cmd in recipe.group(1).split("\n") if "archipel run" in cmd)
+    return shlex.split(line.strip())
+
+
+def test_readme_points_at_make_shop_and_make_test() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "make shop" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_main_command_runs_the_shop_as_microservices_on_the_embedded_broker(tmp_path: Path) -> None:
+    command = shop_command()
+    assert command[command.index("--mode") + 1] == "microservices"
+    assert command[command.index("--broker") + 1] == "embedded"
+    runner = subprocess.Popen(
+        [*command, "--port", "0", "--state-dir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        status = wait_for_status(tmp_path, runner, timeout=90)
+        storefront = next(p["url"] for p in status["processes"] if "frontend" in p["services"])
+        with urllib.request.urlopen(storefront + "/", timeout=10) as response:
+            page = response.read().decode()
+        assert response.status == 200 and "<form" in page
+    finally:
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGINT)
+        output, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0, output
+    assert f"frontend serves its pages at {storefront}/" in output.replace("\n", " ") or storefront in output
+    assert len(status["processes"]) == 10 and status["broker"].startswith("mqtt://127.0.0.1:")
+    pids = [p["pid"] for p in status["processes"]] + [status["broker_pid"]]
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)  # absorbs the last reaping of children after the supervisor exits
+    assert not any(alive(pid) for pid in pids)
