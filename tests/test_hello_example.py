@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -134,3 +136,27 @@ def test_readme_commands_run_and_stop_cleanly(tmp_path: Path) -> None:
             run.kill()
             run.wait()
         log.close()
+
+
+async def test_readme_mosquitto_sub_shows_the_event(archipel_mosquitto_url: str) -> None:
+    """The README's `mosquitto_sub -V mqttv5 -t 'hello/#' -v`, pointed at this test's broker."""
+    readme = (ROOT / "examples" / "hello" / "README.md").read_text()
+    documented = next(line for line in readme.splitlines() if line.startswith("mosquitto_sub "))
+    host, port = archipel_mosquitto_url.removeprefix("mqtt://").split(":")
+    command = [*shlex.split(documented.split("#  ")[0]), "-h", host, "-p", port, "-C", "1", "-W", "20"]
+    subscriber = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    async with run_app(app, Topology("microservices", archipel_mosquitto_url)) as running:
+        # mosquitto_sub says nothing once subscribed: greet until its one message arrives.
+        async def greeted() -> bytes | None:
+            await running.client(Greeter).greet("ada")
+            try:
+                return await asyncio.wait_for(asyncio.shield(read_line), 0.5)
+            except TimeoutError:
+                return None
+
+        assert subscriber.stdout is not None
+        read_line = asyncio.ensure_future(subscriber.stdout.readline())
+        line = await eventually(greeted, timeout=20)
+    await subscriber.wait()
+    topic, payload = line.decode().split(" ", 1)
+    assert topic == "hello/greetings/sent" and json.loads(payload)["name"] == "Ada"
