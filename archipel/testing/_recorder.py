@@ -13,6 +13,7 @@ from .._model import Event
 from .._runtime import DeadLetter
 
 E = TypeVar("E", bound=Event)
+T = TypeVar("T")
 
 
 class EventRecorder:
@@ -45,10 +46,7 @@ class EventRecorder:
         def found() -> E | None:
             return next((e for e in self.of(event_type) if predicate is None or predicate(e)), None)
 
-        async with asyncio.timeout(timeout), self._changed:
-            while (event := found()) is None:
-                await self._changed.wait()
-            return event
+        return await self._wait(found, timeout)
 
     async def wait_for_dead_letter(
         self, topic: str, predicate: Callable[[DeadLetter], bool] | None = None, *, timeout: float = 10.0
@@ -58,10 +56,13 @@ class EventRecorder:
         def found() -> DeadLetter | None:
             return next((d for d in self.dead_letters(topic) if predicate is None or predicate(d)), None)
 
+        return await self._wait(found, timeout)
+
+    async def _wait(self, found: Callable[[], T | None], timeout: float) -> T:
         async with asyncio.timeout(timeout), self._changed:
-            while (letter := found()) is None:
+            while (value := found()) is None:
                 await self._changed.wait()
-            return letter
+            return value
 
 
 def _decode(envelope: Envelope, event_type: type[E]) -> E:
