@@ -104,7 +104,7 @@ class Runtime:
         source = f"/{self.app.name}/{service}"
 
         async def emit(event: Event) -> None:
-            topic = type(event).__topic__
+            topic = getattr(type(event), "__topic__", "")
             if not isinstance(event, Event) or not topic:
                 raise TypeError(f"{service}.emit expects an Event with a topic, got {type(event).__name__}")
             envelope = Envelope(

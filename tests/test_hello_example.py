@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -21,6 +20,7 @@ from archipel._loader import load_app
 from archipel.testing import Topology, run_app
 
 from .conftest import eventually
+from .test_cli import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 README_APP = "examples/hello/hello.py"  # as written in examples/hello/README.md, relative to ROOT
@@ -82,14 +82,6 @@ def _status(state_dir: Path) -> dict[str, Any] | None:
     return data if data.get("processes") else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _post(url: str, body: dict[str, str]) -> dict[str, Any]:
     """The README's curl command; urllib when curl is not installed."""
     data = json.dumps(body)
@@ -129,7 +121,7 @@ def test_readme_commands_run_and_stop_cleanly(tmp_path: Path) -> None:
 
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=20) == 0
-        assert [p["pid"] for p in processes.values() if _alive(p["pid"])] == []
+        assert [p["pid"] for p in processes.values() if alive(p["pid"])] == []
         assert _status(state_dir) is None  # the state file is removed on the way out
     finally:
         if run.poll() is None:
