@@ -15,10 +15,10 @@ import msgspec
 
 from . import _context
 from ._app import App
-from ._bus import DEAD_PREFIX, Envelope, EventBus
 from ._errors import DefinitionError
-from ._metrics import EVENTS_HANDLED, EVENTS_PUBLISHED
+from ._events.bus import DEAD_PREFIX, Envelope, EventBus
 from ._model import Event, HandlerSpec, Service, ServiceSpec
+from ._telemetry.metrics import EVENTS_HANDLED, EVENTS_PUBLISHED
 
 log = logging.getLogger("archipel.runtime")
 

@@ -14,13 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._config import ConfigError, Settings, find_settings, load_settings
+from ._deploy.plan import MODES, Mode, plan
+from ._deploy.settings import ConfigError, Settings, find_settings, load_settings
+from ._deploy.supervisor import StartupError, Supervisor
 from ._errors import DefinitionError
 from ._loader import AppNotFound, load_app
 from ._model import Service
-from ._openapi import openapi_document
-from ._placement import MODES, Mode, plan
-from ._supervisor import StartupError, Supervisor
+from ._rpc.openapi import openapi_document
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(highlight=False)
@@ -222,7 +222,7 @@ def broker(
     port: Annotated[int, typer.Option()] = 1883,
 ) -> None:
     """Run the embedded MQTT 5 broker in the foreground."""
-    from . import _broker
+    from ._deploy import broker as _broker
 
     sys.argv = ["archipel broker", "--host", host, "--port", str(port)]
     _broker.main()

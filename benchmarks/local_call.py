@@ -14,7 +14,7 @@ import asyncio
 import time
 
 from archipel import App, Service, rpc
-from archipel._bus import LocalBus
+from archipel._events.bus import LocalBus
 from archipel._runtime import Runtime
 
 # --- The same two-class shape, once as archipel services and once as plain classes -------------

@@ -24,9 +24,9 @@ import paho.mqtt.client as paho
 import zmqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from archipel._broker import parse_broker_url
-from archipel._bus import Envelope
-from archipel._mqtt import MqttBus
+from archipel._deploy.broker import parse_broker_url
+from archipel._events.bus import Envelope
+from archipel._events.mqtt import MqttBus
 
 GMQTT_WINDOW = 10
 PAYLOAD = b'{"order_id":"o-12345","email":"someone@example.com","total":{"currency":"EUR","units":42}}'

@@ -1,9 +1,9 @@
 """What one remote call through archipel costs next to the raw ceiling and to FastAPI.
 
-Each server runs in its own process under the same uvicorn settings (archipel._worker's); the
+Each server runs in its own process under the same uvicorn settings (archipel._deploy.worker's); the
 callers run in this process. The same call, ``convert(amount: Money, to: str) -> Money``:
 
-- archipel: a real ``python -m archipel._worker`` serving one service; the caller uses
+- archipel: a real ``python -m archipel._deploy.worker`` serving one service; the caller uses
   ``HttpTransport.proxy(spec)``, the object a service gets as its dependency in microservices.
 - raw: a bare ASGI app + msgspec (the ceiling for a JSON-over-HTTP endpoint in Python), called
   by the minimal client: the same pooled aiohttp session, no extra headers.
@@ -120,7 +120,7 @@ def fastapi_app() -> Any:
 def serve(kind: str, port: int) -> None:
     import uvicorn
 
-    from archipel._worker import uvicorn_config
+    from archipel._deploy.worker import uvicorn_config
 
     target = raw_app if kind == "raw" else fastapi_app()
     # archipel's own uvicorn settings, so only the app differs between the servers.
@@ -133,14 +133,14 @@ def start_server(kind: str) -> tuple[subprocess.Popen[bytes], str]:
         port: int = sock.getsockname()[1]
     env = dict(os.environ)
     if kind == "archipel":
-        from archipel._worker import ENV_VAR, WorkerSpec
+        from archipel._deploy.worker import ENV_VAR, WorkerSpec
 
         spec = WorkerSpec(
             app=f"{Path(__file__).resolve()}:app", name="currency", services=["currency"], port=port
         )
         env[ENV_VAR] = msgspec.json.encode(spec).decode()
         env["ARCHIPEL_LOG_LEVEL"] = "WARNING"
-        command = [sys.executable, "-m", "archipel._worker"]
+        command = [sys.executable, "-m", "archipel._deploy.worker"]
     else:
         command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
     process = subprocess.Popen(command, env=env)
@@ -160,13 +160,13 @@ class Client:
 
 
 def _session() -> aiohttp.ClientSession:
-    # The same pool settings as archipel._http_client.HttpTransport.
+    # The same pool settings as archipel._rpc.client.HttpTransport.
     connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, skip_auto_headers=["User-Agent"])
 
 
 async def archipel_client(url: str) -> Client:
-    from archipel._http_client import HttpTransport
+    from archipel._rpc.client import HttpTransport
 
     transport = HttpTransport({"currency": [url]})
     await transport.start()

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from archipel._bus import Envelope, LocalBus
+from archipel._events.bus import Envelope, LocalBus
 from archipel.testing import Topology, run_app
 from tests.apps.shop import Checkout, Email, Item, Ledger, Money, OrderPlaced, app
 from tests.conftest import eventually

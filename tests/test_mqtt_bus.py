@@ -19,10 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from archipel._broker import EmbeddedBroker, parse_broker_url
-from archipel._bus import Envelope
+from archipel._deploy.broker import EmbeddedBroker, parse_broker_url
+from archipel._events.bus import Envelope
+from archipel._events.mqtt import MqttBus
 from archipel._model import Event
-from archipel._mqtt import MqttBus
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -278,7 +278,7 @@ async def test_unacked_event_is_redelivered_after_stop(make_bus: BusFactory, app
 CONSUMER_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from archipel._mqtt import MqttBus
+    from archipel._events.mqtt import MqttBus
 
     async def main(url, app, client_id):
         bus = MqttBus(url, app, client_id, durable=True)
@@ -476,7 +476,7 @@ def test_parse_broker_url() -> None:
 
 def test_broker_cli_runs_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "archipel._broker", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "archipel._deploy.broker", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from archipel import DefinitionError
-from archipel._placement import ProcessPlan, plan
+from archipel._deploy.plan import ProcessPlan, plan
 from archipel.testing import Topology, run_app
 from tests.apps.shop import Checkout, Item, OrderPlaced, app
 from tests.conftest import eventually

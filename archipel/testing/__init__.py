@@ -20,14 +20,14 @@ from typing import TypeVar
 import uvicorn
 
 from .._app import App
-from .._bus import LocalBus
-from .._http_client import HttpTransport
-from .._http_server import DEFAULT_MAX_BODY, RpcServer
+from .._deploy.plan import Mode, ProcessPlan, plan
+from .._deploy.supervisor import EMBEDDED, Supervisor, free_port
+from .._events.bus import LocalBus
 from .._loader import load_app, reference_of
 from .._model import Service
-from .._placement import Mode, ProcessPlan, plan
+from .._rpc.client import HttpTransport
+from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
 from .._runtime import Runtime
-from .._supervisor import EMBEDDED, Supervisor, free_port
 from ._recorder import EventRecorder
 
 __all__ = ["EventRecorder", "RunningApp", "Topology", "run_app"]
@@ -196,7 +196,7 @@ async def _microservices(
     timeout: float,
     max_body: int,
 ) -> AsyncIterator[RunningApp]:
-    from .._mqtt import MqttBus
+    from .._events.mqtt import MqttBus
 
     supervisor = Supervisor(
         reference,

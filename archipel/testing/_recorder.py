@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import msgspec
 
-from .._bus import DEAD_PREFIX, Envelope
+from .._events.bus import DEAD_PREFIX, Envelope
 from .._model import Event
 from .._runtime import DeadLetter
 

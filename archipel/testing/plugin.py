@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .._supervisor import free_port
+from .._deploy.supervisor import free_port
 from . import Topology
 
 TOPOLOGY_IDS = ("monolith", "microservices-mosquitto", "microservices-embedded")
@@ -39,7 +39,7 @@ def _selected() -> list[str]:
 @pytest.fixture(scope="session")
 def archipel_embedded_broker() -> Iterator[str]:
     """URL of an embedded MQTT 5 broker that lives for the whole test session."""
-    from .._broker import EmbeddedBroker
+    from .._deploy.broker import EmbeddedBroker
 
     broker = EmbeddedBroker()
     broker.start()

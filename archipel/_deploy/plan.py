@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._app import App
-from ._errors import DefinitionError
+from .._app import App
+from .._errors import DefinitionError
 
 Mode = Literal["monolith", "microservices"]
 MODES: tuple[Mode, ...] = ("monolith", "microservices")

@@ -8,7 +8,7 @@ user properties, so ``mosquitto_sub -V 5 -F '%P %p'`` shows everything.
 Each ``(group, topic)`` is one shared subscription ``$share/{group}/{app}/{topic}``: every group
 gets each event once and the replicas of a group share the work. A message is acknowledged
 (PUBACK) only after all of its handlers have returned, so a consumer that dies mid-handler gets
-it again (durable sessions; see ``_broker`` for the embedded broker's limit).
+it again (durable sessions; see ``_deploy.broker`` for the embedded broker's limit).
 
 Shared-subscription groups are named ``{service}:{topic}`` with ``/`` as ``.``
 (``$share/email:orders.placed/shop/orders/placed``): MQTT 5 keys a shared subscription by group
@@ -42,9 +42,9 @@ from zmqtt import (
 )
 from zmqtt._internal.packets.publish import Publish
 
-from ._broker import parse_broker_url
-from ._bus import DEAD_PREFIX, Envelope, Handler
-from ._metrics import EVENTS_ACKED
+from .._deploy.broker import parse_broker_url
+from .._telemetry.metrics import EVENTS_ACKED
+from .bus import DEAD_PREFIX, Envelope, Handler
 
 log = logging.getLogger("archipel.mqtt")
 

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from . import _context
-from ._errors import ArchipelError, DeadlineExceeded, RemoteError, Unavailable, declared_error
-from ._model import MethodSpec, ServiceSpec
+from .. import _context
+from .._errors import ArchipelError, DeadlineExceeded, RemoteError, Unavailable, declared_error
+from .._model import MethodSpec, ServiceSpec
 
 DEFAULT_TIMEOUT = 30.0
 

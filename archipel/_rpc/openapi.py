@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ._model import ServiceSpec
+from .._model import ServiceSpec
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _ERROR_SCHEMA = {

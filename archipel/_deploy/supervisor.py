@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from ._app import App
-from ._http_server import DEFAULT_MAX_BODY
-from ._placement import Mode, ProcessPlan
-from ._worker import ENV_VAR, WorkerSpec
+from .._app import App
+from .._rpc.server import DEFAULT_MAX_BODY
+from .plan import Mode, ProcessPlan
+from .worker import ENV_VAR, WorkerSpec
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -124,7 +124,7 @@ class Supervisor:
             self.broker_url = option
             return
         port = free_port(self.host)
-        command = [sys.executable, "-m", "archipel._broker", "--host", self.host, "--port", str(port)]
+        command = [sys.executable, "-m", "archipel._deploy.broker", "--host", self.host, "--port", str(port)]
         self.broker = Child("broker", command, self._env, url=f"mqtt://{self.host}:{port}")
         await self._launch(self.broker)
         await self._wait_port(self.broker, self.host, port, timeout)
@@ -161,7 +161,7 @@ class Supervisor:
                 self.children.append(
                     Child(
                         process.name,
-                        [sys.executable, "-m", "archipel._worker"],
+                        [sys.executable, "-m", "archipel._deploy.worker"],
                         env,
                         url=f"http://{self.host}:{port}",
                         services=process.services,

@@ -1,6 +1,6 @@
 """One process of a deployment: some services of an app behind one uvicorn server.
 
-The supervisor starts ``python -m archipel._worker`` with a :class:`WorkerSpec` as JSON in the
+The supervisor starts ``python -m archipel._deploy.worker`` with a :class:`WorkerSpec` as JSON in the
 ``ARCHIPEL_WORKER`` environment variable; tests build the same server in-process.
 """
 
@@ -14,13 +14,13 @@ import sys
 import msgspec
 import uvicorn
 
-from ._app import App
-from ._bus import EventBus, LocalBus
-from ._errors import DefinitionError
-from ._http_client import HttpTransport
-from ._http_server import DEFAULT_MAX_BODY, RpcServer
-from ._loader import AppNotFound, load_app
-from ._runtime import Runtime
+from .._app import App
+from .._errors import DefinitionError
+from .._events.bus import EventBus, LocalBus
+from .._loader import AppNotFound, load_app
+from .._rpc.client import HttpTransport
+from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
+from .._runtime import Runtime
 
 ENV_VAR = "ARCHIPEL_WORKER"
 
@@ -45,7 +45,7 @@ def build_server(app: App, spec: WorkerSpec) -> RpcServer:
     if spec.broker is None:
         bus = LocalBus()
     else:
-        from ._mqtt import MqttBus
+        from .._events.mqtt import MqttBus
 
         client_id = f"{app.name}-{spec.name}-{spec.replica}"
         bus = MqttBus(spec.broker, app.name, client_id=client_id, durable=spec.durable)

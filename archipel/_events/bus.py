@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._model import Event
+from .._model import Event
 
 log = logging.getLogger("archipel.bus")
 

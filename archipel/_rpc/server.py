@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import _context
-from ._errors import ArchipelError, DefinitionError
-from ._metrics import REGISTRY, RPC_REQUESTS, RPC_SECONDS
-from ._model import MethodSpec
-from ._openapi import openapi_document
-from ._runtime import Runtime
+from .. import _context
+from .._errors import ArchipelError, DefinitionError
+from .._model import MethodSpec
+from .._runtime import Runtime
+from .._telemetry.metrics import REGISTRY, RPC_REQUESTS, RPC_SECONDS
+from .openapi import openapi_document
 
 log = logging.getLogger("archipel.http")
 

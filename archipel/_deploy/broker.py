@@ -147,8 +147,10 @@ class EmbeddedBroker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m archipel._broker --host 127.0.0.1 --port 1883``: run until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m archipel._broker", description="Run an MQTT 5 broker.")
+    """``python -m archipel._deploy.broker --host 127.0.0.1 --port 1883``: run until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="python -m archipel._deploy.broker", description="Run an MQTT 5 broker."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     args = parser.parse_args(argv)
