@@ -63,9 +63,12 @@ async def test_bad_payload_is_a_422_naming_the_field(archipel_topology: Topology
 
 
 def _archipel() -> list[str]:
-    """The `archipel` console script, or the same entry point through this interpreter."""
-    script = shutil.which("archipel")
-    return [script] if script else [sys.executable, "-c", "from archipel.cli import main; main()"]
+    """The `archipel` console script beside this interpreter (the project's venv), or the same
+    entry point through this interpreter."""
+    script = Path(sys.executable).parent / "archipel"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from archipel.cli import main; main()"]
 
 
 def _status(state_dir: Path) -> dict[str, Any] | None:

@@ -13,17 +13,42 @@ from pathlib import Path
 from tests.test_cli import ROOT, alive, wait_for_status
 
 
-def shop_command() -> list[str]:
+def make_variables(makefile: str) -> dict[str, str]:
+    return {m[1]: m[2].strip() for m in re.finditer(r"^(\w+)\s*:?=\s*(.*)$", makefile, re.M)}
+
+
+def shop_recipe() -> list[str]:
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^shop:.*?\n((?:\t.*\n)+)", makefile, re.M)
     assert recipe is not None
-    line = next(cmd for cmd in recipe.group(1).split("\n") if "archipel run" in cmd)
-    return shlex.split(line.strip())
+    variables = make_variables(makefile)
+
+    def expand(reference: re.Match[str]) -> str:
+        return variables[reference[1] or reference[2]]
+
+    return [re.sub(r"\$\((\w+)\)|\$\{(\w+)\}", expand, cmd.strip()) for cmd in recipe.group(1).splitlines()]
+
+
+def shop_command() -> list[str]:
+    line = next(cmd for cmd in shop_recipe() if "archipel run" in cmd)
+    command = shlex.split(line)
+    interpreter = ROOT / command[0]
+    assert interpreter.exists(), f"{interpreter} is missing: `bash scripts/setup.sh` makes it"
+    return [str(interpreter), *command[1:]]
+
+
+def test_make_shop_sets_up_then_runs_archipel_from_the_project_venv() -> None:
+    recipe = shop_recipe()
+    assert recipe[0] == "bash scripts/setup.sh"
+    assert shlex.split(recipe[1])[:3] == [".venv/bin/python", "-m", "archipel"]
+    assert ".venv/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "--break-system-packages" not in (ROOT / "scripts" / "setup.sh").read_text()
 
 
 def test_readme_points_at_make_shop_and_make_test() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make shop" in readme and "make test" in readme
+    assert ". .venv/bin/activate" in readme  # where set-up installs, and how to use it afterwards
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
