@@ -19,7 +19,8 @@ from ._errors import (
     TooManyRequests,
     Unavailable,
 )
-from ._model import Event, Service, on, rpc
+from ._model import Event, Service, on, optional, rpc
+from ._state import Collection, collection
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "App",
     "ArchipelError",
     "BadRequest",
+    "Collection",
     "Conflict",
     "DeadlineExceeded",
     "DefinitionError",
@@ -40,6 +42,8 @@ __all__ = [
     "TooManyRequests",
     "Unavailable",
     "__version__",
+    "collection",
     "on",
+    "optional",
     "rpc",
 ]

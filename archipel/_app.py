@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
 
 from ._errors import DefinitionError
 from ._model import Event, Service, ServiceSpec, describe
@@ -77,8 +80,24 @@ def _validate(app: str, services: Sequence[type[Service]]) -> dict[str, ServiceS
                     f"{spec.cls.__name__}.{attr}: depends on {dep.__name__}, which is not a service of "
                     f"app {app!r}"
                 )
+    for spec in specs.values():
+        for target, fallbacks in spec.optional.items():
+            _check_fallbacks(spec, specs[target], fallbacks)
     _topological(specs)
     return specs
+
+
+def _check_fallbacks(caller: ServiceSpec, target: ServiceSpec, fallbacks: dict[str, Any]) -> None:
+    for method, fallback in fallbacks.items():
+        where = f"{caller.cls.__name__}: optional({target.cls.__name__}) fallback {method}="
+        if method not in target.methods:
+            raise DefinitionError(f"{where}: {target.cls.__name__} has no rpc method {method!r}")
+        if callable(fallback):
+            continue
+        try:
+            msgspec.convert(fallback, target.methods[method].returns, from_attributes=True)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise DefinitionError(f"{where}{fallback!r} is not a valid result of that method: {exc}") from exc
 
 
 def _topological(specs: dict[str, ServiceSpec]) -> list[str]:

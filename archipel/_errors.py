@@ -65,8 +65,16 @@ class TooManyRequests(ArchipelError):
 
 
 class Unavailable(ArchipelError):
+    """The target could not be reached or refused to take the call (overloaded, breaker open)."""
+
     kind = "unavailable"
     status = 503
+
+    def __init__(self, message: str = "", *, details: Any = None, never_sent: bool = False) -> None:
+        super().__init__(message, details=details)
+        # True when the request provably never reached the target (no connection was made, or a
+        # local policy refused it): safe to send again even for a non-idempotent method.
+        self.never_sent = never_sent
 
 
 class DeadlineExceeded(ArchipelError):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar, overload
 import msgspec
 
 from ._errors import DefinitionError
+from ._resilience.policies import check_value
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 E = TypeVar("E", bound="Event")
@@ -62,21 +63,61 @@ class Event(msgspec.Struct, metaclass=_EventMeta):
 @dataclass(frozen=True)
 class RpcOptions:
     idempotent: bool = False
+    # Resilience policies of the method; None leaves the configured default
+    # (archipel._resilience.policies, where configuration overrides them).
+    timeout: float | None = None
+    max_timeout: float | None = None
+    retries: int | None = None
+    backoff: float | None = None
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The policies this decorator sets, by key."""
+        return {
+            key: value
+            for key in ("timeout", "max_timeout", "retries", "backoff")
+            if (value := getattr(self, key)) is not None
+        }
 
 
 @overload
 def rpc(func: F, /) -> F: ...
 @overload
-def rpc(*, idempotent: bool = False) -> Callable[[F], F]: ...
-def rpc(func: F | None = None, /, *, idempotent: bool = False) -> F | Callable[[F], F]:
+def rpc(
+    *,
+    idempotent: bool = False,
+    timeout: float | None = None,
+    max_timeout: float | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> Callable[[F], F]: ...
+def rpc(
+    func: F | None = None,
+    /,
+    *,
+    idempotent: bool = False,
+    timeout: float | None = None,
+    max_timeout: float | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> F | Callable[[F], F]:
     """Mark an ``async`` method as callable by other services and over ``POST /{service}/{method}``.
 
     ``idempotent=True`` promises that running the call twice has the effect of running it once,
     so callers may retry it after a timeout or a lost connection.
+
+    ``timeout`` (seconds a call may take, and the default deadline of a request that sets none),
+    ``max_timeout`` (the longest deadline a caller may ask), ``retries`` and ``backoff`` set the
+    method's resilience policies; ``[policies.service]`` in the configuration overrides them.
     """
+    options = RpcOptions(idempotent, timeout, max_timeout, retries, backoff)
 
     def mark(f: F) -> F:
-        setattr(f, _RPC_MARK, RpcOptions(idempotent=idempotent))
+        for key, value in options.policy.items():
+            problem = check_value(key, value)
+            if problem is not None:
+                raise DefinitionError(f"{f.__qualname__}: @rpc({key}=...): {problem}")
+        setattr(f, _RPC_MARK, options)
         return f
 
     return mark(func) if func is not None else mark
@@ -94,6 +135,31 @@ def on(event_type: type[E]) -> Callable[[F], F]:
     return mark
 
 
+class Optional:
+    """Marks a dependency as optional; see :func:`optional`."""
+
+    def __init__(self, fallbacks: dict[str, Any]) -> None:
+        self.fallbacks = fallbacks
+
+    def __repr__(self) -> str:
+        return f"optional({', '.join(f'{k}={v!r}' for k, v in self.fallbacks.items())})"
+
+
+def optional(**fallbacks: Any) -> Any:
+    """Declare a dependency optional, with what each method gives when it is unavailable::
+
+        class Frontend(Service):
+            ads: Ads = optional(get_ads=[])     # no ads rather than no page
+
+    When the dependency cannot answer (unreachable, too slow, breaker open, overloaded), the
+    call returns the fallback instead of raising; errors the dependency raises on purpose
+    (``NotFound``, ``InvalidArgument``...) still reach the caller. A fallback is a value of the
+    method's return type, or a callable taking the method's arguments and returning one. Methods
+    without a fallback raise as usual. Checked at start-up.
+    """
+    return Optional(fallbacks)
+
+
 class Service:
     """Base of services. Subclass it, add ``@rpc`` methods, ``@on(Event)`` handlers, and
     dependencies as annotations naming other service classes.
@@ -104,6 +170,7 @@ class Service:
 
     __service_name__: ClassVar[str] = ""
     _archipel_emit: Callable[[Event], Awaitable[None]] | None = None
+    _archipel_store: Any = None  # the service's state store, set by the runtime (see collection())
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -142,10 +209,16 @@ class MethodSpec:
     returns: Any
     idempotent: bool
     arguments: type[msgspec.Struct]  # a Struct with one field per parameter: the wire schema
+    options: RpcOptions = RpcOptions()
 
     @property
     def qualname(self) -> str:
         return f"{self.service}.{self.name}"
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The resilience policies ``@rpc(...)`` sets on this method, by key."""
+        return self.options.policy
 
 
 @dataclass(frozen=True)
@@ -166,6 +239,8 @@ class ServiceSpec:
     methods: dict[str, MethodSpec] = field(default_factory=dict)
     handlers: tuple[HandlerSpec, ...] = ()
     dependencies: dict[str, type[Service]] = field(default_factory=dict)
+    # optional dependencies by service name: method name -> fallback (value or callable)
+    optional: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def describe(cls: type[Service]) -> ServiceSpec:
@@ -192,7 +267,12 @@ def describe(cls: type[Service]) -> ServiceSpec:
             methods[attr] = _method_spec(cls, name, attr, member, options)
         if event_type is not None:
             handlers.append(_handler_spec(cls, name, attr, member, event_type))
-    spec = ServiceSpec(name, cls, methods, tuple(handlers), dependencies)
+    optionals = {
+        dep.__service_name__: marker.fallbacks
+        for attr, dep in dependencies.items()
+        if isinstance(marker := getattr(cls, attr, None), Optional)
+    }
+    spec = ServiceSpec(name, cls, methods, tuple(handlers), dependencies, optionals)
     type.__setattr__(cls, "__archipel_spec__", spec)
     return spec
 
@@ -234,7 +314,7 @@ def _method_spec(cls: type, service: str, attr: str, func: Any, options: RpcOpti
         raise DefinitionError(
             f"{where}: a parameter or the return type cannot travel as JSON: {exc}"
         ) from exc
-    return MethodSpec(service, attr, tuple(params), hints["return"], options.idempotent, arguments)
+    return MethodSpec(service, attr, tuple(params), hints["return"], options.idempotent, arguments, options)
 
 
 def _handler_spec(cls: type, service: str, attr: str, func: Any, event_type: type[Event]) -> HandlerSpec:

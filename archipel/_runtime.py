@@ -1,38 +1,53 @@
 """The runtime of one process: instantiates the services placed here, wires their dependencies
-(a local object or a remote proxy) and connects their event handlers to the bus.
+(the local object, a local proxy when an interceptor has work on that call, or a remote proxy)
+and connects their event handlers to the bus through the dispatcher.
 
-It never knows how bytes travel: remote proxies come from a factory, events from a bus.
+It never knows how bytes travel: remote proxies come from a factory, events from a bus, and
+every policy is an interceptor of the chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
-
-import msgspec
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from . import _context
 from ._app import App
+from ._chain import Interceptor, Invocation, Next, Site, compose, wanted
 from ._errors import DefinitionError
-from ._events.bus import DEAD_PREFIX, Envelope, EventBus
-from ._model import Event, HandlerSpec, Service, ServiceSpec
-from ._telemetry.metrics import EVENTS_HANDLED, EVENTS_PUBLISHED
+from ._events.bus import Envelope, EventBus
+from ._events.dispatch import REDELIVERY_WINDOW, DeadLetter, Dispatcher
+from ._model import Event, MethodSpec, Service, ServiceSpec
+from ._proxy import make_proxy
+from ._state import (
+    CollectionField,
+    DeadLetterRecord,
+    OutboxRecord,
+    OutboxRelay,
+    Store,
+    open_store,
+    stage_event,
+)
+from ._state.interceptors import InboxInterceptor, UnitOfWorkInterceptor
+from ._telemetry.metrics import EVENTS_PUBLISHED
 
 log = logging.getLogger("archipel.runtime")
 
-RemoteFactory = Callable[[ServiceSpec], Any]
+WINDOW_VAR = "ARCHIPEL_REDELIVERY_WINDOW"  # seconds a failing handler is retried before its dead letter
+DATA_DIR_VAR = "ARCHIPEL_DATA_DIR"  # where the services' SQLite stores live
+INBOX_RETENTION = 7 * 24 * 3600.0
+STORE_URL_VAR = "ARCHIPEL_STORE_URL"  # postgresql://... to keep every service's state there instead
 
 
-class DeadLetter(msgspec.Struct, kw_only=True):
-    """Payload published on ``{app}/$dead/{topic}`` for an event no handler could take."""
-
-    reason: str
-    topic: str
-    handler: str
-    event_id: str
-    payload: str
+class RemoteFactory(Protocol):
+    def __call__(
+        self, spec: ServiceSpec, *, caller: str, interceptors: Sequence[Interceptor], optional: bool
+    ) -> Any: ...
 
 
 class Runtime:
@@ -43,9 +58,14 @@ class Runtime:
         bus: EventBus,
         *,
         remote: RemoteFactory | None = None,
-        handler_attempts: int = 3,
-        retry_backoff: float = 0.05,
+        interceptors: Sequence[Interceptor] | None = None,
+        redelivery_window: float | None = None,
+        data_dir: Path | None = None,
+        store_url: str | None = None,
+        instance: str | None = None,
     ) -> None:
+        from ._interceptors import default_interceptors
+
         self.app = app
         names = list(local)
         self.local = app.start_order(names)
@@ -54,53 +74,117 @@ class Runtime:
             raise DefinitionError(f"app {app.name!r} has no service named {', '.join(sorted(unknown))}")
         self.bus = bus
         self._remote = remote
-        self._attempts = max(1, handler_attempts)
-        self._backoff = retry_backoff
+        self.data_dir = data_dir or Path(os.environ.get(DATA_DIR_VAR) or Path(".archipel", "data", app.name))
+        self.store_url = store_url or os.environ.get(STORE_URL_VAR) or None
+        # Names this process in outbox leases: stable across its restarts, distinct between replicas.
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.stores: dict[str, Store] = {}
+        self._relays: list[OutboxRelay] = []
+        self._stateful = {name for name in self.local if _declares_state(app.specs[name].cls)}
+        policies = default_interceptors(app) if interceptors is None else interceptors
+        self.interceptors: list[Interceptor] = [
+            *policies,
+            UnitOfWorkInterceptor(self.stores.get, self._stateful.__contains__),
+            InboxInterceptor(self.stores.get),
+        ]
+        window = redelivery_window if redelivery_window is not None else _window_from_env()
+        self.dispatcher = Dispatcher(
+            bus.publish, self.interceptors, redelivery_window=window, on_dead=self._record_dead
+        )
         self.instances: dict[str, Service] = {}
-        self._proxies: dict[str, Any] = {}
-        self.ready = False
+        self._started = False
 
     async def start(self) -> None:
         for name in self.local:
-            spec = self.app.specs[name]
-            instance = spec.cls()
-            for attr, dependency in spec.dependencies.items():
-                setattr(instance, attr, self.target(dependency.__service_name__))
-            instance._archipel_emit = self._emitter(name)
+            store = open_store(name, data_dir=self.data_dir, url=self.store_url)
+            await store.open()
+            # Inbox marks only matter while a redelivery can still come (a broker session lasts an
+            # hour, a redelivery window a minute); a week leaves a wide margin.
+            await store.inbox_prune(INBOX_RETENTION)
+            self.stores[name] = store
+            instance = self.app.specs[name].cls()
             self.instances[name] = instance
+            instance._archipel_emit = self._emitter(name, store)
+            instance._archipel_store = store
+        for name, instance in self.instances.items():
+            spec = self.app.specs[name]
+            for attr, dependency in spec.dependencies.items():
+                setattr(instance, attr, self.target(dependency.__service_name__, caller=name))
             for handler in spec.handlers:
-                self.bus.subscribe(name, handler.topic, self._dispatcher(instance, handler))
+                self.bus.subscribe(name, handler.topic, self.dispatcher.handler(instance, handler))
         started: list[Service] = []
         try:
             for instance in self.instances.values():
                 await instance.start()
                 started.append(instance)
             await self.bus.start()
+            for name, store in self.stores.items():
+                relay = OutboxRelay(store, self.bus.publish, owner=f"{self.instance}.{name}")
+                await relay.start()
+                self._relays.append(relay)
         except BaseException:
+            for relay in self._relays:
+                await _quietly(relay.stop(), "outbox relay stop")
             for instance in reversed(started):
                 await _quietly(instance.stop(), f"{type(instance).__name__}.stop")
+            await self._close_stores()
             raise
-        self.ready = True
+        self._started = True
+
+    @property
+    def ready(self) -> bool:
+        """Started, and able to take and send events (``/readyz``)."""
+        return self._started and self.bus.connected
 
     async def stop(self) -> None:
-        self.ready = False
+        """Stop relaying (what is not yet out stays in the outbox for the next start), stop taking
+        events (handlers in flight finish), stop the services, close their stores."""
+        self._started = False
+        relays, self._relays = self._relays, []
+        await asyncio.gather(*(_quietly(relay.stop(), "outbox relay stop") for relay in relays))
         await _quietly(self.bus.stop(), "event bus stop")
         for instance in reversed(list(self.instances.values())):
             await _quietly(instance.stop(), f"{type(instance).__name__}.stop")
+        await self._close_stores()
 
-    def target(self, service: str) -> Any:
-        """The object to call ``service`` through: the instance if it lives here, else a proxy."""
+    async def _close_stores(self) -> None:
+        stores = dict(self.stores)
+        self.stores.clear()  # cleared in place: the state interceptors hold this dict's ``get``
+        for name, store in stores.items():
+            await _quietly(store.close(), f"closing the store of {name}")
+
+    async def _record_dead(self, envelope: Envelope, letter: DeadLetter) -> None:
+        store = self.stores.get(letter.handler.split(".")[0])
+        if store is not None:
+            await store.record_dead(DeadLetterRecord.from_envelope(envelope, letter.handler, letter.reason))
+
+    def target(self, service: str, caller: str = "") -> Any:
+        """What ``caller`` calls ``service`` through: the instance itself when it lives here and no
+        interceptor has work on those calls, a local proxy when one has, else a remote proxy."""
+        spec = self.app.specs[service]
+        optional = caller in self.app.specs and service in self.app.specs[caller].optional
         if service in self.instances:
-            return self.instances[service]
-        if service not in self._proxies:
-            if self._remote is None:
-                raise DefinitionError(
-                    f"service {service!r} is not in this process and no remote transport is set"
-                )
-            self._proxies[service] = self._remote(self.app.specs[service])
-        return self._proxies[service]
+            instance = self.instances[service]
+            sites = {m.name: self._local_site(caller, m, optional) for m in spec.methods.values()}
+            if not any(wanted(site, self.interceptors) for site in sites.values()):
+                return instance
+            return make_proxy(
+                spec,
+                lambda m: (sites[m.name], compose(sites[m.name], self.interceptors, _call(instance, m))),
+            )
+        if self._remote is None:
+            raise DefinitionError(
+                f"service {service!r} is not in this process and no remote transport is set"
+            )
+        return self._remote(spec, caller=caller, interceptors=self.interceptors, optional=optional)
 
-    def _emitter(self, service: str) -> Callable[[Event], Awaitable[None]]:
+    @staticmethod
+    def _local_site(caller: str, method: MethodSpec, optional: bool) -> Site:
+        return Site(
+            "call", method.service, method.name, caller, idempotent=method.idempotent, optional=optional
+        )
+
+    def _emitter(self, service: str, store: Store) -> Callable[[Event], Awaitable[None]]:
         source = f"/{self.app.name}/{service}"
 
         async def emit(event: Event) -> None:
@@ -114,66 +198,38 @@ class Runtime:
                 traceparent=_context.child_traceparent(),
                 event=event,
             )
-            await self.bus.publish(envelope)
+            # Into the outbox: with the current unit of work (the RPC or handler that emits it), or
+            # committed at once; the relay publishes it after the commit.
+            await stage_event(store, OutboxRecord.from_envelope(envelope))
             EVENTS_PUBLISHED.labels(topic).inc()
 
         return emit
 
-    def _dispatcher(self, instance: Service, spec: HandlerSpec) -> Callable[[Envelope], Awaitable[None]]:
-        method = getattr(instance, spec.name)
-        decoder = msgspec.json.Decoder(spec.event_type)
-        where = f"{spec.service}.{spec.name}"
-        handled = EVENTS_HANDLED.labels(spec.service, spec.name, "ok")
-        retried = EVENTS_HANDLED.labels(spec.service, spec.name, "retried")
-        dead = EVENTS_HANDLED.labels(spec.service, spec.name, "dead")
 
-        async def dispatch(envelope: Envelope) -> None:
-            # Never raises: a bad payload or a handler that keeps failing ends as a dead letter,
-            # so the bus can acknowledge and the consumer keeps going.
-            _context.set_traceparent(envelope.traceparent)
-            try:
-                event = (
-                    envelope.event if envelope.event is not None else decoder.decode(envelope.payload or b"")
-                )
-            except msgspec.DecodeError as exc:
-                log.warning("%s: dropped invalid %s event %s: %s", where, envelope.topic, envelope.id, exc)
-                dead.inc()
-                await self._dead_letter(envelope, where, f"invalid payload: {exc}")
-                return
-            for attempt in range(1, self._attempts + 1):
-                try:
-                    await method(event)
-                    handled.inc()
-                    return
-                except Exception as exc:
-                    if attempt == self._attempts:
-                        log.exception("%s failed on event %s after %d attempts", where, envelope.id, attempt)
-                        dead.inc()
-                        await self._dead_letter(envelope, where, f"{type(exc).__name__}: {exc}")
-                        return
-                    log.warning("%s failed on event %s (attempt %d): %r", where, envelope.id, attempt, exc)
-                    retried.inc()
-                    await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+def _declares_state(cls: type[Service]) -> bool:
+    return any(isinstance(v, CollectionField) for klass in cls.__mro__ for v in vars(klass).values())
 
-        return dispatch
 
-    async def _dead_letter(self, envelope: Envelope, handler: str, reason: str) -> None:
-        original = envelope.payload if envelope.payload is not None else msgspec.json.encode(envelope.event)
-        letter = DeadLetter(
-            reason=reason,
-            topic=envelope.topic,
-            handler=handler,
-            event_id=envelope.id,
-            payload=original.decode("utf-8", "replace"),
-        )
-        dead = Envelope(
-            topic=DEAD_PREFIX + envelope.topic,
-            type="DeadLetter",
-            source=f"/{self.app.name}/{handler.split('.')[0]}",
-            traceparent=envelope.traceparent,
-            payload=msgspec.json.encode(letter),
-        )
-        await _quietly(self.bus.publish(dead), f"dead letter for {envelope.id}")
+def _window_from_env() -> float:
+    raw = os.environ.get(WINDOW_VAR)
+    if raw is None:
+        return REDELIVERY_WINDOW
+    try:
+        window = float(raw)
+    except ValueError:
+        window = -1.0
+    if not window >= 0:
+        raise DefinitionError(f"{WINDOW_VAR}={raw!r}: expected a number of seconds >= 0")
+    return window
+
+
+def _call(instance: Service, method: MethodSpec) -> Next:
+    bound = getattr(instance, method.name)
+
+    async def call(invocation: Invocation) -> Any:
+        return await bound(**invocation.arguments)
+
+    return call
 
 
 async def _quietly(awaitable: Awaitable[Any], what: str) -> None:

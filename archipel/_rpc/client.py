@@ -4,19 +4,24 @@ that expose exactly a service's ``@rpc`` methods with the same signatures.
 
 from __future__ import annotations
 
-import inspect
 import itertools
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import msgspec
 
 from .. import _context
+from .._chain import Interceptor, Invocation, Next, Site, compose
 from .._errors import ArchipelError, DeadlineExceeded, RemoteError, Unavailable, declared_error
 from .._model import MethodSpec, ServiceSpec
+from .._proxy import make_proxy
 
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0  # only when no deadline interceptor set one
+# Below uvicorn's keep-alive (5 s): the client drops an idle connection before the server
+# closes it, so a call never goes out on a connection the server is closing.
+KEEPALIVE = 4.0
 
 
 class _ErrorBody(msgspec.Struct):
@@ -33,22 +38,38 @@ _error_decoder = msgspec.json.Decoder(_ErrorResponse)
 
 
 class HttpTransport:
-    """Pooled HTTP client for RPC. ``urls`` maps a service name to the base URLs of its replicas;
-    calls go round-robin over them."""
+    """Pooled HTTP client for RPC. ``urls`` maps a service name to the base URLs of its replicas.
+
+    A proxy's method runs the interceptor chain of its call site; the chain ends in ``_send``,
+    one attempt to one replica: ``invocation.endpoint`` when an interceptor chose it (the
+    breaker does), else the next replica round-robin. Retries, deadlines and breakers are
+    interceptors, never here.
+    """
 
     def __init__(
-        self, urls: Mapping[str, Sequence[str]], *, timeout: float = DEFAULT_TIMEOUT, pool_size: int = 100
+        self,
+        urls: Mapping[str, Sequence[str]],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        pool_size: int = 100,
+        keepalive: float = KEEPALIVE,
     ) -> None:
-        self._urls: dict[str, Iterator[str]] = {
-            name: itertools.cycle(list(u)) for name, u in urls.items() if u
-        }
+        self._replicas: dict[str, list[str]] = {name: list(u) for name, u in urls.items() if u}
+        self._turns: dict[str, Iterator[int]] = {name: itertools.count() for name in self._replicas}
         self._timeout = timeout
         self._pool_size = pool_size
+        self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
+
+    def endpoints(self, service: str) -> list[str]:
+        """The base URLs of ``service``'s replicas (empty when unknown)."""
+        return self._replicas.get(service, [])
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=self._pool_size, ttl_dns_cache=300, keepalive_timeout=self._keepalive
+            )
             self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["User-Agent"])
 
     async def close(self) -> None:
@@ -56,75 +77,82 @@ class HttpTransport:
             await self._session.close()
             self._session = None
 
-    def proxy(self, spec: ServiceSpec) -> Any:
-        """An object with ``spec``'s rpc methods, each a coroutine that calls over HTTP."""
-        if spec.name not in self._urls:
+    def proxy(
+        self,
+        spec: ServiceSpec,
+        *,
+        caller: str = "",
+        interceptors: Sequence[Interceptor] = (),
+        optional: bool = False,
+    ) -> Any:
+        """An object with ``spec``'s rpc methods, each a coroutine that calls over HTTP through
+        the interceptor chain of its site (``caller`` calling ``spec.name.method``)."""
+        if spec.name not in self._replicas:
             raise Unavailable(f"no address known for service {spec.name!r}")
-        methods = {name: self._method(m, getattr(spec.cls, name)) for name, m in spec.methods.items()}
-        proxy_type = type(f"{spec.cls.__name__}Proxy", (), {"__repr__": lambda self: f"<remote {spec.name}>"})
-        proxy = proxy_type()
-        for name, method in methods.items():
-            setattr(proxy, name, method)
-        return proxy
 
-    def _method(self, spec: MethodSpec, original: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        signature = inspect.signature(original)
+        def chain(method: MethodSpec) -> tuple[Site, Next]:
+            site = Site(
+                "call",
+                spec.name,
+                method.name,
+                caller,
+                remote=True,
+                idempotent=method.idempotent,
+                optional=optional,
+            )
+            return site, compose(site, interceptors, self._terminal(method))
+
+        return make_proxy(spec, chain)
+
+    def _terminal(self, spec: MethodSpec) -> Next:
         decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(spec.returns)
         path = f"/{spec.service}/{spec.name}"
-        names = [p.name for p in spec.params]
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if len(args) + len(kwargs) == len(names) and not kwargs:
-                arguments = dict(zip(names, args, strict=True))
-            else:
-                bound = signature.bind(None, *args, **kwargs)
-                arguments = dict(list(bound.arguments.items())[1:])
-            return await self._call(spec, path, msgspec.json.encode(arguments), decoder)
+        async def send(invocation: Invocation) -> Any:
+            return await self._send(invocation, spec, path, decoder)
 
-        call.__name__ = spec.name
-        call.__qualname__ = f"{spec.service}.{spec.name}"
-        call.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=list(signature.parameters.values())[1:]
-        )
-        call.__doc__ = original.__doc__
-        return call
+        return send
 
-    async def _call(
-        self, spec: MethodSpec, path: str, body: bytes, decoder: msgspec.json.Decoder[Any]
+    async def _send(
+        self, invocation: Invocation, spec: MethodSpec, path: str, decoder: msgspec.json.Decoder[Any]
     ) -> Any:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        remaining = _context.remaining_seconds()
-        timeout = self._timeout if remaining is None else min(self._timeout, remaining)
+        deadline = invocation.deadline
+        timeout = self._timeout if deadline is None else deadline - time.monotonic()
         if timeout <= 0:
             raise DeadlineExceeded(f"{spec.qualname}: the deadline passed before the call")
+        base = invocation.endpoint or self._next_replica(spec.service, invocation.notes.get("avoid", ()))
+        invocation.endpoint = base
         headers = {
             "content-type": "application/json",
             _context.TRACEPARENT: _context.child_traceparent(),
-            _context.TIMEOUT_HEADER: str(int(timeout * 1000)),
+            _context.TIMEOUT_HEADER: str(max(1, int(timeout * 1000))),
         }
-        attempts = 2 if spec.idempotent else 1
-        for attempt in range(attempts):
-            url = next(self._urls[spec.service]) + path
-            try:
-                async with self._session.post(
-                    url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-                ) as response:
-                    payload = await response.read()
-                    status = response.status
-            except TimeoutError:
-                raise DeadlineExceeded(f"{spec.qualname} did not answer within {timeout:.3g}s") from None
-            except aiohttp.ClientError as exc:
-                if attempt + 1 < attempts:
-                    continue  # idempotent: another replica (or the same one, reconnected) may answer
-                raise Unavailable(f"{spec.qualname}: cannot reach {url}: {exc}") from exc
-            if status == 200:
-                return decoder.decode(payload)
-            if status == 503 and attempt + 1 < attempts:
-                continue
-            raise _remote_error(spec, status, payload)
-        raise AssertionError("unreachable")
+        body = msgspec.json.encode(invocation.arguments)
+        url = base + path
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except TimeoutError:
+            raise DeadlineExceeded(f"{spec.qualname} did not answer within {timeout:.3g}s") from None
+        except aiohttp.ClientConnectorError as exc:  # no connection: the request was never sent
+            raise Unavailable(f"{spec.qualname}: cannot connect to {base}: {exc}", never_sent=True) from exc
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"{spec.qualname}: {base} failed: {exc}") from exc
+        if status == 200:
+            return decoder.decode(payload)
+        raise _remote_error(spec, status, payload)
+
+    def _next_replica(self, service: str, avoid: Sequence[str] = ()) -> str:
+        replicas = self._replicas[service]
+        if avoid:
+            replicas = [url for url in replicas if url not in avoid] or replicas
+        return replicas[next(self._turns[service]) % len(replicas)]
 
 
 def _remote_error(spec: MethodSpec, status: int, payload: bytes) -> ArchipelError:

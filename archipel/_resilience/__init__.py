@@ -1,0 +1,1 @@
+"""Resilience policies, each an interceptor of the chain (``archipel._chain``)."""
