@@ -5,14 +5,15 @@ An envelope with topic ``orders/placed`` of app ``shop`` travels as a QoS 1 PUBL
 attributes (``specversion``, ``id``, ``source``, ``type``, ``time``, ``traceparent``) as MQTT 5
 user properties, so ``mosquitto_sub -V 5 -F '%P %p'`` shows everything.
 
-Each ``(group, topic)`` is one shared subscription ``$share/{group}/{app}/{topic}``: every group
-gets each event once and the replicas of a group share the work. A message is acknowledged
-(PUBACK) only after all of its handlers have returned, so a consumer that dies mid-handler gets
-it again (durable sessions; see ``_deploy.broker`` for the embedded broker's limit).
+Each ``(group, topic)`` is one shared subscription ``$share/{group}/{root}/{topic}`` (the root is
+the deployment name, by default the app's): every group gets each event once and the replicas of
+a group share the work. A message is acknowledged (PUBACK) only after all of its handlers have
+returned without raising (the runtime's dispatcher raises only when it must not acknowledge), so
+a consumer that dies mid-handler gets it again from its durable session.
 
-Shared-subscription groups are named ``{service}:{topic}`` with ``/`` as ``.``
-(``$share/email:orders.placed/shop/orders/placed``): MQTT 5 keys a shared subscription by group
-*and* filter, but rumqttd (the embedded broker) keeps one filter per group name and client and
+Shared-subscription groups are named ``{deployment}.{service}:{topic}`` with ``/`` as ``.``
+(``$share/shop.email:orders.placed/shop/orders/placed``): MQTT 5 keys a shared subscription by group
+*and* filter, but rumqttd (``broker = "rumqttd"``) keeps one filter per group name and client and
 silently drops the others, so one group name per (service, topic) works on every broker.
 
 Dead letters travel on ``{app}/$dead/{topic}``. MQTT only reserves a *leading* ``$``, but zmqtt's
@@ -65,7 +66,7 @@ class BusStats:
     published: int = 0
     received: int = 0
     acked: int = 0
-    failed: int = 0  # handler raised (the message is acked anyway) or the ack could not be sent
+    failed: int = 0  # a handler raised (the message stays unacked) or the ack could not be sent
 
 
 @dataclass
@@ -85,9 +86,16 @@ def envelope_topic(app: str, wire: str) -> str:
     return wire.removeprefix(f"{app}/")
 
 
-def share_group(service: str, topic: str) -> str:
-    """The shared-subscription group of a service's handlers of one topic (see the module doc)."""
-    return f"{service}:{topic.replace('/', '.')}"
+def share_group(root: str, service: str, topic: str) -> str:
+    """The shared-subscription group of a service's handlers of one topic in deployment ``root``:
+    ``shop.email:orders.placed`` (see the module doc). The deployment keeps two deployments of an
+    app on one broker apart, and keeps the name unique per filter as rumqttd needs."""
+    return f"{root}.{service}:{topic.replace('/', '.')}"
+
+
+def shared_filter(root: str, service: str, topic: str) -> str:
+    """The subscription of a service's handlers of one topic: ``$share/{group}/{root}/{topic}``."""
+    return f"$share/{share_group(root, service, topic)}/{wire_topic(root, topic)}"
 
 
 def subscription_id(key: str) -> int:
@@ -129,6 +137,8 @@ def decode_message(app: str, message: MqttMessage) -> Envelope:
 class MqttBus:
     """EventBus over an MQTT 5 broker (``mqtt://host:port``).
 
+    ``app`` is the topic root: the deployment's name (the app's name unless configured), which
+    also prefixes share-group names, so two deployments on one broker never mix.
     ``durable=True`` keeps the broker-side session (stable ``client_id``, no clean start, one hour
     expiry): events published while this process is down wait for it. ``durable=False`` starts
     clean, for tests and observers. ``max_inflight`` bounds the handlers running at once; beyond
@@ -174,8 +184,9 @@ class MqttBus:
         self._check_not_started("subscribe")
         route = self._routes.get((group, topic))
         if route is None:
-            shared = f"$share/{share_group(group, topic)}/{wire_topic(self.app, topic)}"
-            route = self._routes[(group, topic)] = _Route(shared, [], manual_ack=True)
+            route = self._routes[(group, topic)] = _Route(
+                shared_filter(self.app, group, topic), [], manual_ack=True
+            )
         route.handlers.append(handler)
 
     def observe(self, handler: Handler) -> None:
@@ -329,10 +340,13 @@ class MqttBus:
                     results.append(exc)
             else:
                 results = await asyncio.gather(*(h(envelope) for h in handlers), return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception):
-                    self.stats.failed += 1
-                    log.error("event handler failed on %s", message.topic, exc_info=result)
+            failures = [result for result in results if isinstance(result, Exception)]
+            for failure in failures:
+                self.stats.failed += 1
+                log.error("event handler failed on %s", message.topic, exc_info=failure)
+            if failures and route.handlers is not self._observers:
+                # Not acknowledged: the broker delivers it again when this session resumes.
+                return
             try:
                 await message.ack()
             except (MQTTError, OSError):

@@ -70,15 +70,25 @@ class Email(Service):
     def __init__(self) -> None:
         self.sent: dict[str, str] = {}
         self.failures: dict[str, int] = {}
+        self.gate: asyncio.Event | None = None  # tests hold the handler here (monolith)
+        self.mailbox_fixed = False  # tests "repair" broken addresses before a replay (monolith)
 
     @on(OrderPlaced)
     async def confirm(self, event: OrderPlaced) -> None:
-        # Fails twice for "flaky" addresses (retried), always for "broken" ones (dead letter).
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.mailbox_fixed and event.email.startswith("broken"):
+            event = OrderPlaced(event.order_id, event.email.replace("broken", "fixed", 1), event.total)
+        # "flaky": fails twice, then works; "broken": refused for good; "down": never works.
         if event.email.startswith(("flaky", "broken")):
             seen = self.failures.get(event.order_id, 0)
             self.failures[event.order_id] = seen + 1
-            if event.email.startswith("broken") or seen < 2:
-                raise ConnectionError(f"mail server refused {event.email}")
+            if event.email.startswith("broken"):
+                raise InvalidArgument(f"no mailbox {event.email}")  # permanent: dead letter at once
+            if seen < 2:
+                raise ConnectionError(f"mail server refused {event.email}")  # transient: tried again
+        if event.email.startswith("down"):
+            raise ConnectionError(f"mail server down for {event.email}")  # transient until the window ends
         self.sent[event.order_id] = f"{event.email}: {event.total.units} {event.total.currency}"
 
     @rpc
@@ -89,14 +99,20 @@ class Email(Service):
 class Ledger(Service):
     def __init__(self) -> None:
         self.totals: dict[str, int] = {}
+        self.times: dict[str, int] = {}  # how often each order's event was handled
 
     @on(OrderPlaced)
     async def record(self, event: OrderPlaced) -> None:
         self.totals[event.order_id] = event.total.units
+        self.times[event.order_id] = self.times.get(event.order_id, 0) + 1
 
     @rpc
     async def total_of(self, order_id: str) -> int | None:
         return self.totals.get(order_id)
+
+    @rpc
+    async def times_recorded(self, order_id: str) -> int:
+        return self.times.get(order_id, 0)
 
 
 app = App("testshop", [Currency, Checkout, Email, Ledger])
