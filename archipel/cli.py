@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -16,18 +18,22 @@ from rich.table import Table
 
 from ._deploy.plan import MODES, Mode, plan
 from ._deploy.settings import ConfigError, Settings, find_settings, load_settings
+from ._deploy.statefile import is_stopped, pid_alive, read_state
 from ._deploy.supervisor import StartupError, Supervisor
 from ._errors import DefinitionError
+from ._events.commands import events
 from ._loader import AppNotFound, load_app
 from ._model import Service
+from ._resilience.policies import Policies
 from ._rpc.openapi import openapi_document
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+cli.add_typer(events, name="events")
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
 STATE_FILE = "state.json"
-StateDir = Annotated[Path, typer.Option(help="Where the running deployment's state is kept.")]
+StateDir = Annotated[Path, typer.Option(help="Where the running deployment keeps its state.")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -51,6 +57,7 @@ def _load(reference: str | None, settings: Settings) -> tuple[str, Any]:
     try:
         app = load_app(reference)
         app.validate()
+        Policies.from_config(settings.policies, app, source=settings.source or "")  # names a bad key
     except (AppNotFound, DefinitionError) as exc:
         _fail(str(exc))
     return reference, app
@@ -60,14 +67,24 @@ def _load(reference: str | None, settings: Settings) -> tuple[str, Any]:
 def run(
     app: Annotated[str | None, typer.Argument(help="module:attribute or path/to/file.py[:attribute]")] = None,
     mode: Annotated[str | None, typer.Option(help="monolith or microservices")] = None,
-    broker: Annotated[str | None, typer.Option(help="'embedded' or mqtt://host:port")] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="'embedded' (private Mosquitto), 'rumqttd' or mqtt://host:port")
+    ] = None,
+    deployment: Annotated[
+        str | None, typer.Option(help="topic root and client-id prefix; default: the app's name")
+    ] = None,
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option(help="first port; 0 picks free ports")] = None,
+    broker_port: Annotated[int, typer.Option(help="the embedded broker's port; 0 picks a free one")] = 0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the deployment's data; default STATE_DIR/data/DEPLOYMENT")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="archipel.toml or pyproject.toml")] = None,
     state_dir: StateDir = Path(".archipel"),
     quiet: Annotated[bool, typer.Option(help="do not echo the processes' output")] = False,
 ) -> None:
-    """Start every process of APP, wait until each is ready, and stop them all on Ctrl-C/SIGTERM."""
+    """Start every process of APP, wait until each is ready, and stop them all on Ctrl-C,
+    SIGTERM or SIGHUP."""
     settings = _settings(config)
     reference, the_app = _load(app, settings)
     chosen_mode = mode or settings.mode
@@ -77,17 +94,27 @@ def run(
         plans = plan(the_app, cast(Mode, chosen_mode), settings.groups, settings.replicas)
     except DefinitionError as exc:
         _fail(str(exc))
-    supervisor = Supervisor(
-        reference,
-        the_app,
-        plans,
-        mode=cast(Mode, chosen_mode),
-        broker=broker or settings.broker,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        echo=None if quiet else _echo,
-    )
-    code = asyncio.run(_serve(supervisor, state_dir))
+    name = deployment or settings.deployment or the_app.name
+    try:
+        supervisor = Supervisor(
+            reference,
+            the_app,
+            plans,
+            mode=cast(Mode, chosen_mode),
+            broker=broker or settings.broker,
+            host=host or settings.host,
+            port=settings.port if port is None else port,
+            echo=None if quiet else _echo,
+            deployment=name,
+            data_dir=data_dir or settings.data_dir or state_dir / "data" / name,
+            broker_port=broker_port,
+            state_file=state_dir / STATE_FILE,
+            policies=settings.policies,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    _log_to_stderr()
+    code = asyncio.run(_serve(supervisor))
     raise typer.Exit(code)
 
 
@@ -95,41 +122,44 @@ def _echo(label: str, line: str) -> None:
     print(f"{label:>14} | {line}", flush=True)
 
 
-async def _serve(supervisor: Supervisor, state_dir: Path) -> int:
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("archipel")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+async def _serve(supervisor: Supervisor) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(supervisor.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal during start-up: start() stops what it started
+        starting.cancel()
     try:
-        await supervisor.start()
+        await starting
     except StartupError as exc:
         errors.print(f"[bold red]start-up failed:[/] {exc}")
         return 1
-    state = _write_state(state_dir, supervisor.status())
+    except asyncio.CancelledError:
+        console.print("stopped during start-up")
+        return 1
     _print_table(supervisor)
     try:
-        await stop.wait()
+        await stopped
     finally:
         console.print("stopping...")
         await supervisor.stop()
-        _remove_state(state)
     console.print("stopped")
     return 0
 
 
-def _write_state(state_dir: Path, status: dict[str, object]) -> Path:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state = state_dir / STATE_FILE
-    state.write_text(json.dumps(status, indent=2))
-    return state
-
-
-def _remove_state(state: Path) -> None:
-    state.unlink(missing_ok=True)
-
-
 def _print_table(supervisor: Supervisor) -> None:
-    table = Table(title=f"{supervisor.app.name} as {supervisor.mode}")
+    table = Table(title=f"{supervisor.deployment} ({supervisor.app.name}) as {supervisor.mode}")
     for column in ("service", "process", "pid", "url"):
         table.add_column(column)
     for child in supervisor.children:
@@ -137,7 +167,11 @@ def _print_table(supervisor: Supervisor) -> None:
             table.add_row(service, child.label, str(child.pid), child.url)
     console.print(table)
     if supervisor.broker_url:
-        console.print(f"events: {supervisor.broker_url}")
+        kind = "external" if supervisor.broker_kind == "url" else supervisor.broker_kind
+        where = f", data in {supervisor.broker_dir}" if supervisor.broker_kind == "mosquitto" else ""
+        console.print(f"events: {supervisor.broker_url} ({kind}{where})")
+        if not supervisor.durable:
+            console.print("clean MQTT sessions: events published while a consumer is down are lost")
     for child in supervisor.children:
         for service in child.services:
             if supervisor.app.specs[service].cls.asgi_app is not Service.asgi_app:
@@ -150,45 +184,55 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
     state_dir: StateDir = Path(".archipel"),
 ) -> None:
-    """Show the deployment started by `archipel run` from this folder."""
-    state = state_dir / STATE_FILE
-    if not state.exists():
+    """Show the deployment started by `archipel run` from this folder; exit code 1 if none runs."""
+    data = read_state(state_dir / STATE_FILE)
+    if data is None or not pid_alive(data.get("supervisor_pid"), data.get("supervisor_started")):
         if as_json:
             print(json.dumps({"running": False, "processes": []}))
         else:
-            console.print(f"nothing is running (no state in {state_dir})")
+            console.print(f"not running (no live `archipel run` keeps its state in {state_dir})")
         raise typer.Exit(1)
-    data = json.loads(state.read_text())
-    data["running"] = _alive(data.get("supervisor_pid"))
+    now = time.time()
+    data["running"] = True
+    data["supervisor_stopped"] = is_stopped(data["supervisor_pid"])
     for process in data["processes"]:
-        process["alive"] = _alive(process.get("pid"))
+        process["alive"] = pid_alive(process.get("pid"))
+        since = process.get("since")
+        process["uptime"] = round(now - since, 1) if isinstance(since, float | int) else None
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table(title=f"{data['app']} as {data['mode']}")
-    for column in ("process", "services", "pid", "alive", "url"):
+    _print_status(data)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    table = Table(title=f"{data['deployment']} ({data['app']}) as {data['mode']}")
+    for column in ("process", "services", "pid", "up", "restarts", "last exit", "url"):
         table.add_column(column)
     for process in data["processes"]:
+        uptime, last_exit = process["uptime"], process["last_exit_code"]
         table.add_row(
-            process["name"],
+            process["name"] if not process["replica"] else f"{process['name']}#{process['replica']}",
             ", ".join(process["services"]),
-            str(process["pid"]),
-            str(process["alive"]),
+            str(process["pid"]) if process["alive"] else "-",
+            "-" if uptime is None else f"{uptime:.0f}s",
+            str(process["restarts"]),
+            "-" if last_exit is None else str(last_exit),
             process["url"],
         )
     console.print(table)
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    if data["supervisor_stopped"]:
+        console.print(
+            f"[bold yellow]the supervisor (pid {data['supervisor_pid']}) is stopped:[/] nothing is "
+            "restarted or updated here until it continues (SIGCONT, or `fg`)"
+        )
+    if data.get("broker"):
+        pid = f", pid {data['broker_pid']}" if data.get("broker_pid") else ""
+        error = f"; last error: {data['broker_error']}" if data.get("broker_error") else ""
+        console.print(
+            f"broker {data['broker']} ({data['broker_kind']}{pid}): {data['broker_health']}, "
+            f"{data['broker_restarts']} restart(s){error}"
+        )
 
 
 @cli.command()
@@ -220,12 +264,26 @@ def openapi(app: Annotated[str | None, typer.Argument()] = None, config: Path | 
 def broker(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 1883,
+    data_dir: Annotated[Path, typer.Option(help="where Mosquitto keeps its database")] = Path(
+        ".archipel/broker"
+    ),
+    rumqttd: Annotated[bool, typer.Option(help="run rumqttd (nothing kept on disk) instead")] = False,
 ) -> None:
-    """Run the embedded MQTT 5 broker in the foreground."""
+    """Run the embedded MQTT 5 broker in the foreground: Mosquitto configured as `archipel run` does."""
     from ._deploy import broker as _broker
+    from ._deploy.mosquitto import find_mosquitto, mosquitto_command, write_config
 
-    sys.argv = ["archipel broker", "--host", host, "--port", str(port)]
-    _broker.main()
+    binary = None if rumqttd else find_mosquitto()
+    if binary is None:
+        if not rumqttd:
+            errors.print("[bold yellow]warning:[/] mosquitto is not installed: running rumqttd instead")
+        _broker.main(["--host", host, "--port", str(port)])
+        return
+    folder = data_dir.absolute()
+    config = write_config(folder, host, port)
+    console.print(f"mosquitto on mqtt://{host}:{port}, data in {folder} (Ctrl-C stops it)")
+    os.chdir(folder)  # the config's persistence_location is relative to it
+    os.execv(binary, mosquitto_command(binary, config))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from archipel._deploy.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +77,9 @@ def test_run_status_and_stop_leave_nothing_behind(tmp_path: Path, mode: str, sto
     assert all(p["alive"] and p["url"].startswith("http://127.0.0.1:") for p in status["processes"])
     assert runner.returncode == 0, output
     assert "stopped" in output
-    pids = [p["pid"] for p in status["processes"]]
+    pids = [p["pid"] for p in status["processes"]] + (
+        [status["broker_pid"]] if mode == "microservices" else []
+    )
     deadline = time.monotonic() + 5
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)  # children are reaped by the supervisor before it exits; this only absorbs zombies
@@ -113,6 +118,7 @@ def test_openapi_describes_every_rpc() -> None:
 def test_app_and_placement_come_from_settings(tmp_path: Path, file_name: str) -> None:
     settings = (
         f'app = "{ROOT}/tests/apps/shop.py:app"\nmode = "microservices"\nport = 0\n'
+        'deployment = "shop-a"\ndata_dir = "var"\n'
         '[groups]\nall = ["currency", "checkout", "email", "ledger"]\n'
     )
     if file_name == "pyproject.toml":
@@ -135,6 +141,8 @@ def test_app_and_placement_come_from_settings(tmp_path: Path, file_name: str) ->
     assert runner.returncode == 0, output
     assert [p["name"] for p in status["processes"]] == ["all"]
     assert status["mode"] == "microservices" and status["broker"].startswith("mqtt://127.0.0.1:")
+    assert status["deployment"] == "shop-a" and status["broker_kind"] == "mosquitto"
+    assert status["data_dir"] == str(tmp_path / "var") and (tmp_path / "var/broker/mosquitto.conf").exists()
 
 
 def test_bad_settings_are_named(tmp_path: Path) -> None:
@@ -143,3 +151,13 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
         [sys.executable, "-m", "archipel", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2 and "Expected `object`, got `int` - at `$.replicas`" in result.stderr
+
+
+def test_readme_placement_settings_are_valid(tmp_path: Path) -> None:
+    section = (ROOT / "README.md").read_text().split("## Placement is configuration", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    (tmp_path / "archipel.toml").write_text(block.group(1))
+    settings = load_settings(tmp_path / "archipel.toml")
+    assert (settings.broker, settings.deployment) == ("embedded", "shop")
+    assert settings.data_dir == str(tmp_path / ".archipel" / "data" / "shop")

@@ -1,9 +1,16 @@
-"""The embedded MQTT 5 broker for local runs, and broker URLs.
+"""Broker choices and URLs, and the pip-installable broker rumqttd (``broker = "rumqttd"``).
 
-:class:`EmbeddedBroker` runs rumqttd (through the ``iotcore`` wheel) in a child process, never
-inside a service's process. ``iotcore``'s default listener speaks MQTT 3.1.1 only, so we hand
-rumqttd a TOML config with a ``[v5.1]`` listener. The child exits when our end of its stdin pipe
-closes, so a killed parent does not leave a broker behind.
+``archipel run`` runs one of (see :func:`broker_kind`):
+
+- ``"embedded"`` (the default): a private Mosquitto with sessions on disk (``_deploy.mosquitto``),
+  or rumqttd with a warning when the ``mosquitto`` binary is missing;
+- ``"rumqttd"``: rumqttd from the ``iotcore`` wheel, nothing to install beyond pip;
+- ``mqtt://host:port``: an external broker, started and watched by someone else.
+
+:class:`RumqttdBroker` runs rumqttd (through ``iotcore``) in a child process, never inside a
+service's process. ``iotcore``'s default listener speaks MQTT 3.1.1 only, so we hand rumqttd a
+TOML config with a ``[v5.1]`` listener. The child exits when our end of its stdin pipe closes, so
+a killed parent does not leave a broker behind.
 
 What rumqttd 0.20 (iotcore 0.4.0) keeps, measured by ``tests/test_mqtt_bus.py`` and by hand:
 
@@ -20,8 +27,8 @@ What rumqttd 0.20 (iotcore 0.4.0) keeps, measured by ``tests/test_mqtt_bus.py`` 
 - Known bug: when a persistent session disconnects (cleanly or not) while it holds an
   unacknowledged message from a *shared* subscription (``$share/...``), rumqttd's router thread
   panics (``routing.rs:512 "group must exists"``) and the broker stops serving: it still accepts
-  TCP connections but closes them. So the "redelivered after a consumer crash" promise holds on
-  Mosquitto/EMQX, not on the embedded broker. Clean sessions do not trigger it.
+  TCP connections but closes them. So on rumqttd ``archipel run`` uses clean sessions, and events
+  published while a consumer is down are lost (docs/decisions/0003-embedded-broker.md).
 """
 
 from __future__ import annotations
@@ -35,11 +42,15 @@ import sys
 import tempfile
 import threading
 from types import TracebackType
+from typing import Literal
 from urllib.parse import urlsplit
 
 import iotcore
 
 DEFAULT_PORT = 1883
+EMBEDDED = "embedded"
+RUMQTTD = "rumqttd"
+BrokerKind = Literal["embedded", "rumqttd", "url"]
 
 _CONFIG = """\
 id = 0
@@ -75,6 +86,16 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parts.hostname, port if port is not None else DEFAULT_PORT
 
 
+def broker_kind(option: str) -> BrokerKind:
+    """What a ``broker`` setting names; raises ValueError for anything else."""
+    if option in (EMBEDDED, RUMQTTD):
+        return option  # type: ignore[return-value]
+    if not option.startswith("mqtt://"):
+        raise ValueError(f"broker must be {EMBEDDED!r}, {RUMQTTD!r} or mqtt://host:port, not {option!r}")
+    parse_broker_url(option)
+    return "url"
+
+
 def _free_port(host: str) -> int:
     # rumqttd would accept port 0 but never tells us which port it got, so pick one first.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -83,10 +104,10 @@ def _free_port(host: str) -> int:
         return port
 
 
-class EmbeddedBroker:
+class RumqttdBroker:
     """rumqttd with an MQTT 5 listener, running in a child process::
 
-    with EmbeddedBroker() as broker:
+    with RumqttdBroker() as broker:
         bus = MqttBus(broker.url, ...)
     """
 
@@ -133,7 +154,7 @@ class EmbeddedBroker:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> RumqttdBroker:
         self.start()
         return self
 
@@ -143,13 +164,16 @@ class EmbeddedBroker:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<EmbeddedBroker {self.url} {'running' if self.is_running else 'stopped'}>"
+        return f"<RumqttdBroker {self.url} {'running' if self.is_running else 'stopped'}>"
+
+
+EmbeddedBroker = RumqttdBroker  # the name it had while rumqttd was the default broker
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m archipel._deploy.broker --host 127.0.0.1 --port 1883``: run until SIGTERM/SIGINT."""
+    """``python -m archipel._deploy.broker --host 127.0.0.1 --port 1883``: rumqttd until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(
-        prog="python -m archipel._deploy.broker", description="Run an MQTT 5 broker."
+        prog="python -m archipel._deploy.broker", description="Run rumqttd, an MQTT 5 broker."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
@@ -158,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    broker = EmbeddedBroker(args.host, args.port)
+    broker = RumqttdBroker(args.host, args.port)
     broker.start()
     try:
         print(f"ready {broker.url}", flush=True)

@@ -4,13 +4,17 @@
 
     app = "shop.app:app"          # what to run
     mode = "microservices"        # or "monolith"
-    broker = "embedded"           # or "mqtt://host:1883"
+    broker = "embedded"           # private Mosquitto; or "rumqttd", or "mqtt://host:1883"
+    deployment = "shop-staging"   # MQTT topic root and client-id prefix (default: the app's name)
+    data_dir = ".archipel/data/shop-staging"   # the embedded broker's files (default shown)
     host = "127.0.0.1"
     port = 8000                   # first port; 0 picks free ports
     [groups]                      # services that share a process (default: one per process)
     storefront = ["frontend", "catalog"]
     [replicas]                    # processes per group or service
     checkout = 2
+    [policies]                    # resilience policies (archipel._resilience.policies)
+    timeout = 5.0
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     app: str | None = None
     mode: str = "microservices"
     broker: str = "embedded"
+    deployment: str | None = None
+    data_dir: str | None = None  # relative to the settings file; default .archipel/data/<deployment>
     host: str = "127.0.0.1"
     port: int = 8000
     groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
     replicas: dict[str, int] = msgspec.field(default_factory=dict)
+    # resilience policies, checked against the app by archipel._resilience.policies
+    policies: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None  # the file the settings came from
 
 
@@ -59,6 +67,8 @@ def load_settings(path: Path) -> Settings:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     settings.source = str(path)
+    if settings.data_dir:
+        settings.data_dir = str((path.parent / settings.data_dir).resolve())
     if settings.app and (".py" in settings.app or "/" in settings.app):
         # A file reference is relative to the settings file, not to the working directory.
         module, _, attribute = settings.app.partition(":")

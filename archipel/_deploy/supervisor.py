@@ -1,5 +1,15 @@
 """The local cluster: starts the broker and one OS process per planned process and replica,
-waits for readiness, restarts what dies, and stops everything on the way out.
+waits for readiness, restarts what dies, watches the broker, and stops everything in order.
+
+- The broker: ``"embedded"`` is a private Mosquitto keeping sessions in the deployment's data
+  directory (``_deploy.mosquitto``; rumqttd when Mosquitto is not installed), ``"rumqttd"`` the pip
+  broker, a URL an external one. Sessions are durable everywhere but on rumqttd
+  (docs/decisions/0005-default-broker.md).
+- A watchdog probes the broker at the MQTT level every second and restarts ours (SIGKILL, same
+  port, same data) after three failures in a row. After every (re)start of Mosquitto the
+  supervisor subscribes the consumers' sessions again: Mosquitto forgets shared subscriptions.
+- Children die with the supervisor, whatever kills it (``_deploy.hygiene``).
+- The state file (``archipel status``) is rewritten, atomically, whenever something changes.
 """
 
 from __future__ import annotations
@@ -7,31 +17,60 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
 
 from .._app import App
+from .._events.mqtt import SESSION_EXPIRY, shared_filter, subscription_id
 from .._rpc.server import DEFAULT_MAX_BODY
+from .._runtime import DATA_DIR_VAR
+from .broker import EMBEDDED, RUMQTTD, broker_kind, parse_broker_url
+from .hygiene import die_with_parent
+from .mosquitto import find_mosquitto, mosquitto_command, write_config
 from .plan import Mode, ProcessPlan
-from .worker import ENV_VAR, WorkerSpec
+from .probe import ProbeFailed, end_session, probe, restore_subscriptions
+from .statefile import pid_alive, process_start, read_state, write_state
+from .worker import ENV_VAR, WorkerSpec, client_id
 
 log = logging.getLogger("archipel.supervisor")
 
-EMBEDDED = "embedded"
+__all__ = [
+    "EMBEDDED",
+    "RUMQTTD",
+    "Child",
+    "PortInUse",
+    "StartupError",
+    "Supervisor",
+    "free_port",
+    "stop_waves",
+]
+
 STABLE_AFTER = 30.0  # seconds a restarted process must live before its back-off resets
+DEFAULT_GRACE = 15.0  # seconds a process may take to stop before SIGKILL
+PROBE_INTERVAL = 1.0
+PROBE_FAILURES = 3  # failed broker probes in a row before the broker is restarted
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 class StartupError(RuntimeError):
     """A process did not become ready. The message carries the end of its output."""
+
+
+class PortInUse(StartupError):
+    """A fixed port is taken: nothing was started."""
 
 
 @dataclass
@@ -42,9 +81,15 @@ class Child:
     url: str = ""
     services: tuple[str, ...] = ()
     replica: int = 0
+    cwd: str | None = None
     process: asyncio.subprocess.Process | None = None
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
-    restarts: int = 0
+    restarts: int = 0  # since the supervisor started
+    backoff: int = 0  # crashes in a row: the exponent of the restart delay
+    last_exit: int | None = None  # exit code of the previous process (negative: killed by a signal)
+    since: float | None = None  # wall-clock start of the current process
+    ready: bool = False
+    retired: bool = False
     pump: asyncio.Task[None] | None = None
 
     @property
@@ -55,8 +100,20 @@ class Child:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
     def tail(self) -> str:
         return "\n".join(self.output)
+
+
+@dataclass
+class BrokerHealth:
+    state: str = "unknown"  # ok, failing, restarting, down (a restart failed)
+    failures: int = 0  # failed probes in a row
+    restarts: int = 0
+    error: str | None = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,6 +121,44 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # As the servers do: a connection of a previous run in TIME_WAIT is no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except (OSError, OverflowError):
+            return False
+    return True
+
+
+def stop_waves(app: App, children: Sequence[Child]) -> list[list[Child]]:
+    """The order to stop processes in, as groups stopped one after the other.
+
+    A process stops after every process that calls it (the edge first). Among the processes free
+    to stop, those without event handlers go first, so what they emit while draining is still
+    handled in this run: consumers stop last. Replicas stop together. Services grouped so that
+    two processes call each other are stopped together.
+    """
+    hosts = {service: child.name for child in children for service in child.services}
+    callers: dict[str, set[str]] = {child.name: set() for child in children}
+    for child in children:
+        for service in child.services:
+            for dependency in app.specs[service].dependencies.values():
+                callee = hosts.get(dependency.__service_name__)
+                if callee is not None and callee != child.name:
+                    callers[callee].add(child.name)
+    consumers = {c.name for c in children if any(app.specs[s].handlers for s in c.services)}
+    remaining = set(callers)
+    waves: list[list[Child]] = []
+    while remaining:
+        free = {name for name in remaining if not callers[name] & remaining} or set(remaining)
+        wave = {name for name in free if name not in consumers} or free
+        waves.append([child for child in children if child.name in wave])
+        remaining -= wave
+    return waves
 
 
 class Supervisor:
@@ -82,32 +177,102 @@ class Supervisor:
         restart: bool = True,
         max_body: int = DEFAULT_MAX_BODY,
         durable: bool | None = None,
+        policies: Mapping[str, Any] | None = None,
+        deployment: str | None = None,
+        data_dir: Path | str | None = None,
+        broker_port: int = 0,
+        grace: float = DEFAULT_GRACE,
+        state_file: Path | None = None,
+        restart_delay: float = 0.2,
+        probe_interval: float = PROBE_INTERVAL,
+        probe_failures: int = PROBE_FAILURES,
     ) -> None:
+        """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
+        and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
+        data directory: the services' stores, and the embedded broker's files under ``broker/``.
+        ``grace``: seconds each process may take to stop; workers get a third of it to drain
+        requests and as much for event handlers."""
         self.app_ref, self.app, self.plans, self.mode = app_ref, app, plans, mode
+        self.deployment = deployment or app.name
+        if not _NAME.match(self.deployment):
+            raise ValueError(f"deployment {self.deployment!r} must be lower case letters, digits, '-' or '_'")
         self.host = host
         self._first_port = port
-        self._broker_option = broker
+        self._broker_port = broker_port
+        self.data_dir = Path(data_dir or Path(".archipel", "data", self.deployment)).absolute()
         self.broker_url: str | None = None
-        self._env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._mosquitto: str | None = None
+        self._fallback = False
+        self.broker_kind = self._choose_broker(broker)
+        self._env = {
+            **os.environ,
+            DATA_DIR_VAR: str(self.data_dir),
+            **(env or {}),
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
         self._echo = echo
         self._restart = restart
+        self._restart_delay = restart_delay
         self._max_body = max_body
-        # rumqttd (the embedded broker) can panic when a durable shared-subscription session is
-        # killed and comes back (docs/decisions/0003-embedded-broker.md): on it, sessions are
-        # clean unless asked otherwise. Any other broker keeps durable sessions.
-        self._durable = broker != EMBEDDED if durable is None else durable
+        self._policies = dict(policies or {})  # [policies], passed to every worker as configured
+        self._grace = grace
+        self._state_file = state_file
+        self._probe_interval = probe_interval
+        self._probe_failures = probe_failures
+        self._probe_id = f"{self.deployment}-supervisor-{os.getpid()}"
+        # rumqttd panics when a durable shared-subscription session comes back
+        # (docs/decisions/0003-embedded-broker.md): on it, sessions are clean unless asked otherwise.
+        self._durable = self.broker_kind != RUMQTTD if durable is None else durable
         self.broker: Child | None = None
+        self.health = BrokerHealth()
         self.children: list[Child] = []
         self._stopping = False
+        self._published = False
+        self._lock: int | None = None
+        self._broker_lock = asyncio.Lock()
         self._watchers: list[asyncio.Task[None]] = []
 
-    def _next_port(self, index: int) -> int:
-        return free_port(self.host) if self._first_port == 0 else self._first_port + index
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def durable(self) -> bool:
+        return self._durable
+
+    def _choose_broker(self, option: str | None) -> str | None:
+        """``"mosquitto"``, ``"rumqttd"`` (ours to run), ``"url"`` (external) or None (no broker)."""
+        if option is None:
+            return None
+        kind = broker_kind(option)
+        if kind == "url":
+            self.broker_url = option
+            return "url"
+        if self.mode == "monolith":
+            return None  # the monolith's events stay in-process
+        if kind == EMBEDDED:
+            self._mosquitto = find_mosquitto()
+            if self._mosquitto is None:
+                self._fallback = True
+                return RUMQTTD
+            return "mosquitto"
+        return RUMQTTD
+
+    # -- start ------------------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
+        """Start the broker, then every process; return once each one is ready.
+
+        Raises :class:`PortInUse` before starting anything if a fixed port is taken, and
+        :class:`StartupError` (after stopping what started) if a process does not come up.
+        """
+        self._check_ports()
+        self._check_state_file()
         try:
+            self._lock_data_dir()
             await self._start_broker(timeout)
             self._plan_children()
+            await self._restore_sessions()
             for child in self.children:
                 await self._launch(child)
             await asyncio.gather(*(self.wait_ready(child, timeout) for child in self.children))
@@ -115,27 +280,99 @@ class Supervisor:
             await self.stop()
             raise
         self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
+        if self.broker_url is not None and self.mode == "microservices":
+            self._watchers.append(asyncio.create_task(self._watch_broker()))
+        self._published = True
+        self._save_broker()
+        self._changed()
+
+    def _planned_ports(self) -> list[tuple[int, str]]:
+        planned: list[tuple[int, str]] = []
+        if self._first_port:
+            for process in self.plans:
+                for replica in range(process.replicas):
+                    label = process.name if replica == 0 else f"{process.name}#{replica}"
+                    planned.append((self._first_port + len(planned), label))
+        if self._broker_port and self.broker_kind in ("mosquitto", RUMQTTD):
+            planned.append((self._broker_port, "the broker"))
+        return planned
+
+    def _check_ports(self) -> None:
+        owners: dict[int, str] = {}
+        for port, owner in self._planned_ports():
+            if port in owners:
+                raise PortInUse(f"port {port} is planned for both {owners[port]} and {owner}")
+            owners[port] = owner
+            if not port_is_free(self.host, port):
+                raise PortInUse(
+                    f"port {port} on {self.host} is already in use (planned for {owner}); stop what "
+                    "uses it (another `archipel run`?) or choose other ports (0 picks free ones)"
+                )
+
+    def _check_state_file(self) -> None:
+        # One deployment per state file: a second one would overwrite what `archipel status` reads.
+        other = read_state(self._state_file) if self._state_file is not None else None
+        if other is not None and pid_alive(other.get("supervisor_pid"), other.get("supervisor_started")):
+            raise StartupError(
+                f"deployment {other.get('deployment')!r} already runs with its state in {self._state_file} "
+                f"(supervisor pid {other.get('supervisor_pid')}); stop it, or use another state directory"
+            )
+
+    def _lock_data_dir(self) -> None:
+        # Two Mosquittos on one database would corrupt it: one supervisor per data directory.
+        if self.broker_kind != "mosquitto":
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(
+                f"deployment {self.deployment!r} already runs with data in {self.data_dir}; "
+                "stop it, or give this one another deployment name or data directory"
+            ) from None
+        self._lock = fd
 
     async def _start_broker(self, timeout: float) -> None:
-        option = self._broker_option
-        if option is None or (self.mode == "monolith" and option == EMBEDDED):
-            return  # the monolith's events stay in-process; no broker needed
-        if option != EMBEDDED:
-            self.broker_url = option
+        kind = self.broker_kind
+        if kind not in ("mosquitto", RUMQTTD):
             return
-        port = free_port(self.host)
-        command = [sys.executable, "-m", "archipel._deploy.broker", "--host", self.host, "--port", str(port)]
-        self.broker = Child("broker", command, self._env, url=f"mqtt://{self.host}:{port}")
-        await self._launch(self.broker)
-        await self._wait_port(self.broker, self.host, port, timeout)
+        if self._fallback:
+            log.warning(
+                "the mosquitto binary is not installed: the embedded broker falls back to rumqttd, "
+                "which keeps nothing on disk and runs clean sessions, so events published while a "
+                "consumer is down are LOST. Install mosquitto (apt-get install mosquitto) to keep them."
+            )
+        port = self._broker_port or free_port(self.host)
+        if kind == "mosquitto":
+            assert self._mosquitto is not None
+            config = write_config(self.broker_dir, self.host, port)
+            command, cwd = mosquitto_command(self._mosquitto, config), str(self.broker_dir)
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "archipel._deploy.broker",
+                "--host",
+                self.host,
+                "--port",
+                str(port),
+            ]
+            cwd = None
+        self.broker = Child("broker", command, self._env, url=f"mqtt://{self.host}:{port}", cwd=cwd)
         self.broker_url = self.broker.url
+        await self._launch(self.broker)
+        await self._wait_broker(self.broker, timeout)
 
     def _plan_children(self) -> None:
         ports: dict[tuple[str, int], int] = {}
         index = 0
         for process in self.plans:
             for replica in range(process.replicas):
-                ports[process.name, replica] = self._next_port(index)
+                ports[process.name, replica] = (
+                    free_port(self.host) if self._first_port == 0 else self._first_port + index
+                )
                 index += 1
         peers: dict[str, list[str]] = {}
         for process in self.plans:
@@ -156,6 +393,10 @@ class Supervisor:
                     replica=replica,
                     max_body=self._max_body,
                     durable=self._durable,
+                    policies=self._policies,
+                    deployment=self.deployment,
+                    drain=self._grace / 3,
+                    supervisor_pid=os.getpid(),
                 )
                 env = {**self._env, ENV_VAR: msgspec.json.encode(spec).decode()}
                 self.children.append(
@@ -171,14 +412,18 @@ class Supervisor:
 
     async def _launch(self, child: Child) -> None:
         child.output.clear()
+        child.ready = False
         child.process = await asyncio.create_subprocess_exec(
             *child.command,
             env=child.env,
-            stdin=asyncio.subprocess.PIPE,  # the embedded broker exits when this pipe closes
+            cwd=child.cwd,
+            stdin=asyncio.subprocess.PIPE,  # never written: its EOF tells a worker we are gone
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            preexec_fn=die_with_parent(os.getpid()),
         )
+        child.since = time.time()
         child.pump = asyncio.create_task(self._pump(child, child.process))
 
     async def _pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
@@ -199,23 +444,28 @@ class Supervisor:
                         child.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
                     ) as r:
                         if r.status == 200:
+                            child.ready = True
                             return
                 await asyncio.sleep(0.05)  # poll interval while the child boots
         raise StartupError(f"{child.label} was not ready within {timeout:.0f}s\n{child.tail()}")
 
-    async def _wait_port(self, child: Child, host: str, port: int, timeout: float) -> None:
+    async def _wait_broker(self, broker: Child, timeout: float) -> None:
+        host, port = parse_broker_url(broker.url)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive(child)
+        while True:
+            self._check_alive(broker)
             try:
-                _, writer = await asyncio.open_connection(host, port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise StartupError(
-            f"{child.label} did not listen on {host}:{port} within {timeout:.0f}s\n{child.tail()}"
-        )
+                # Not the watchdog's client id: the same id would take the other's connection over.
+                await probe(host, port, f"{self._probe_id}-start")
+                break
+            except ProbeFailed as exc:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"the broker did not answer within {timeout:.0f}s: {exc}\n{broker.tail()}"
+                    ) from None
+            await asyncio.sleep(0.02)  # poll interval while the broker binds its port
+        broker.ready = True
+        self.health.state, self.health.failures, self.health.error = "ok", 0, None
 
     @staticmethod
     def _check_alive(child: Child) -> None:
@@ -224,52 +474,248 @@ class Supervisor:
                 f"{child.label} exited with code {child.process.returncode} during start-up:\n{child.tail()}"
             )
 
+    # -- watch ------------------------------------------------------------------------------
+
     async def _watch(self, child: Child) -> None:
-        while not self._stopping and child.process is not None:
+        while child.process is not None:
             started = time.monotonic()
             code = await child.process.wait()
-            if self._stopping or not self._restart:
+            if child.process.stdin is not None:
+                child.process.stdin.close()
+            if self._stopping or child.retired:
+                return
+            child.last_exit, child.ready = code, False
+            if not self._restart:
+                log.warning("%s exited with code %s", child.label, code)
+                self._changed()
                 return
             if time.monotonic() - started > STABLE_AFTER:
-                child.restarts = 0  # it ran fine for a while: a new crash starts the back-off afresh
-            delay = min(10.0, 0.2 * 2**child.restarts)
+                child.backoff = 0  # it ran fine for a while: a new crash starts the back-off afresh
+            delay = min(10.0, self._restart_delay * 2**child.backoff)
+            child.backoff += 1
             child.restarts += 1
             log.warning(
                 "%s exited with code %s; restart %d in %.1fs", child.label, code, child.restarts, delay
             )
+            self._changed()
             await asyncio.sleep(delay)  # back-off between restarts of a crashing process
-            if self._stopping:
+            if self._stopping or child.retired:
                 return
             await self._launch(child)
+            self._changed()
+            with contextlib.suppress(StartupError):  # it died again: the loop restarts it
+                await self.wait_ready(child, 60.0)
+                self._save_broker()
+                self._changed()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process (services first, broker last), then SIGKILL what is left."""
+    async def _watch_broker(self) -> None:
+        """Probe the broker every interval; restart ours after ``probe_failures`` failures in a row."""
+        assert self.broker_url is not None
+        host, port = parse_broker_url(self.broker_url)
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            next_probe = loop.time() + self._probe_interval
+            if not self._broker_lock.locked():  # a restart in progress is judged once it is done
+                await self._check_broker(host, port)
+            await asyncio.sleep(max(0.0, next_probe - loop.time()))
+
+    async def _check_broker(self, host: str, port: int) -> None:
+        process = self.broker.process if self.broker is not None else None
+        error: str | None
+        if process is not None and process.returncode is not None:
+            error = f"the broker process exited with code {process.returncode}"
+            self.health.failures = self._probe_failures - 1  # a dead broker needs no more probes
+        else:
+            error = await self._probe(host, port)
+        self._record_probe(error)
+        if error is None or process is None or self.health.failures < self._probe_failures:
+            return
+        log.warning(
+            "broker %s failed %d probes in a row (%s): restarting it on the same port and data",
+            self.broker_url,
+            self.health.failures,
+            error,
+        )
+        try:
+            await self._restart_broker(graceful=False, timeout=30.0, failed=process)
+        except StartupError as exc:
+            log.error("broker restart failed: %s", exc)
+            self.health.state = "down"
+            self._changed()
+
+    async def _restore_sessions(self) -> None:
+        """Subscribe every consumer's session again, before its process can: Mosquitto 2.0 keeps
+        sessions and their queued events on disk but not their shared subscriptions, so after a
+        (re)start an event published before a consumer subscribes again would be dropped for its
+        service. Restored, the subscriptions queue events for processes still starting or down."""
+        if self.broker_kind != "mosquitto" or not self._durable or self.broker_url is None:
+            return
+        host, port = parse_broker_url(self.broker_url)
+        for child in self.children:
+            topics = [(s, h.topic) for s in child.services for h in self.app.specs[s].handlers]
+            filters = sorted({shared_filter(self.deployment, s, topic) for s, topic in topics})
+            if not filters:
+                continue
+            session = client_id(self.deployment, child.name, child.replica)
+            try:
+                await restore_subscriptions(
+                    host, port, session, [(f, subscription_id(f)) for f in filters], SESSION_EXPIRY
+                )
+            except ProbeFailed as exc:
+                raise StartupError(f"could not restore the subscriptions of {child.label}: {exc}") from None
+
+    def _save_broker(self) -> None:
+        """Have Mosquitto write its database now (SIGUSR1), once the processes' sessions exist:
+        they then survive a broker SIGKILL without waiting for the next autosave."""
+        broker = self.broker
+        if self.broker_kind == "mosquitto" and broker is not None and broker.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                broker.process.send_signal(signal.SIGUSR1)
+
+    async def _probe(self, host: str, port: int) -> str | None:
+        try:
+            await probe(host, port, self._probe_id, timeout=self._probe_interval)
+        except ProbeFailed as exc:
+            return str(exc)
+        return None
+
+    def _record_probe(self, error: str | None) -> None:
+        health = self.health
+        if error is None:
+            if health.state != "ok":
+                log.info("broker %s answers", self.broker_url)
+                health.state, health.failures, health.error = "ok", 0, None
+                self._changed()
+            return
+        health.failures += 1
+        health.state, health.error = "failing", error
+        # Once per outage: an external broker that stays down would otherwise log every second.
+        level = logging.WARNING if health.failures == 1 else logging.DEBUG
+        log.log(level, "broker %s does not answer: %s", self.broker_url, error)
+        self._changed()
+
+    async def restart_broker(self, *, graceful: bool = True, timeout: float = 30.0) -> None:
+        """Restart the broker this supervisor runs, on the same port and data directory.
+
+        ``graceful``: SIGTERM, and Mosquitto saves everything first; otherwise SIGKILL, and what
+        changed since its last autosave (under 2 s) is lost. Clients reconnect by themselves.
+        """
+        await self._restart_broker(graceful=graceful, timeout=timeout, failed=None)
+
+    async def _restart_broker(
+        self, *, graceful: bool, timeout: float, failed: asyncio.subprocess.Process | None
+    ) -> None:
+        """Restart the broker; with ``failed``, only if that process is still the broker's."""
+        broker = self.broker
+        if broker is None:
+            raise RuntimeError("this supervisor does not run the broker")
+        async with self._broker_lock:
+            if failed is not None and broker.process is not failed:
+                return  # restarted by someone else meanwhile
+            self.health.state = "restarting"
+            self._changed()
+            if graceful:
+                await _terminate([broker], self._grace)
+            else:
+                await _kill(broker)
+            self.health.restarts += 1
+            await self._launch(broker)
+            await self._wait_broker(broker, timeout)
+            await self._restore_sessions()
+            log.warning("broker %s restarted (pid %s)", broker.url, broker.pid)
+            self._changed()
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def retire(self, child: Child) -> None:
+        """Remove one replica for good (scale-down): stop it, then end its MQTT session.
+
+        Mosquitto keeps handing a share of each event to an offline member of a shared
+        subscription; ending the session stops that, so no share is stranded with a replica that
+        will never come back. Stopping the whole deployment keeps every session instead: its
+        events wait for the next start.
+        """
+        child.retired = True
+        if child in self.children:
+            self.children.remove(child)
+        await _terminate([child], self._grace)
+        if self.broker_url is not None and self.mode == "microservices" and self._durable:
+            host, port = parse_broker_url(self.broker_url)
+            await end_session(host, port, client_id(self.deployment, child.name, child.replica))
+        log.info("retired %s", child.label)
+        self._changed()
+
+    async def stop(self) -> None:
+        """Stop every process: the edge first, event consumers last, the broker after all; each
+        step SIGTERM, then SIGKILL what outlives the grace. MQTT sessions are kept."""
         self._stopping = True
-        for task in self._watchers:
+        watchers, self._watchers = self._watchers, []
+        for task in watchers:
             task.cancel()
-        await _terminate([c for c in self.children if c.process is not None], grace)
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for wave in stop_waves(self.app, [c for c in self.children if c.running]):
+            log.info("stopping %s", ", ".join(child.label for child in wave))
+            await _terminate(wave, self._grace)
         if self.broker is not None:
-            await _terminate([self.broker], grace)
+            await _terminate([self.broker], self._grace)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        if self._published and self._state_file is not None:
+            self._state_file.unlink(missing_ok=True)
+        self._published = False
+
+    # -- status -----------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._published and self._state_file is not None:
+            write_state(self._state_file, self.status())
 
     def status(self) -> dict[str, object]:
+        """What runs now; the state file holds this, rewritten at every change."""
+        broker = self.broker
         return {
             "app": self.app.name,
+            "deployment": self.deployment,
             "mode": self.mode,
             "broker": self.broker_url,
-            "broker_pid": None if self.broker is None else self.broker.pid,
+            "broker_kind": "external" if self.broker_kind == "url" else self.broker_kind,
+            "broker_pid": broker.pid if broker is not None and broker.running else None,
+            "broker_health": self.health.state if self.broker_url else None,
+            "broker_failures": self.health.failures,
+            "broker_restarts": self.health.restarts,
+            "broker_error": self.health.error,
+            "durable_sessions": self._durable if self.broker_kind else None,
+            "data_dir": str(self.data_dir) if self.broker_kind == "mosquitto" else None,
             "supervisor_pid": os.getpid(),
+            "supervisor_started": process_start(os.getpid()),
+            "updated": time.time(),
             "processes": [
                 {
                     "name": c.name,
                     "replica": c.replica,
                     "services": list(c.services),
                     "url": c.url,
-                    "pid": c.pid,
+                    "pid": c.pid if c.running else None,
+                    "ready": c.ready and c.running,
+                    "since": c.since if c.running else None,
                     "restarts": c.restarts,
+                    "last_exit_code": c.last_exit,
                 }
                 for c in self.children
             ],
         }
+
+
+async def _kill(child: Child) -> None:
+    process = child.process
+    if process is None or process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
 
 
 async def _terminate(children: list[Child], grace: float) -> None:
@@ -277,15 +723,15 @@ async def _terminate(children: list[Child], grace: float) -> None:
     for process in running:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-    if not running:
-        return
-    _, pending = await asyncio.wait([asyncio.create_task(p.wait()) for p in running], timeout=grace)
-    if pending:
-        for process in running:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-        await asyncio.gather(*(p.wait() for p in running))
-    for process in running:
-        if process.stdin is not None:
-            process.stdin.close()
+    if running:
+        _, pending = await asyncio.wait([asyncio.create_task(p.wait()) for p in running], timeout=grace)
+        if pending:
+            for process in running:
+                if process.returncode is None:
+                    log.warning("pid %s outlived its %.0fs grace: SIGKILL", process.pid, grace)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            await asyncio.gather(*(p.wait() for p in running))
+    for child in children:
+        if child.process is not None and child.process.stdin is not None:
+            child.process.stdin.close()

@@ -2,12 +2,17 @@
 
 The supervisor starts ``python -m archipel._deploy.worker`` with a :class:`WorkerSpec` as JSON in the
 ``ARCHIPEL_WORKER`` environment variable; tests build the same server in-process.
+
+On SIGTERM a worker stops taking requests, waits up to ``drain`` seconds for those in progress,
+then stops its event bus, which waits up to ``drain`` seconds for running handlers: the
+supervisor's grace (``Supervisor(grace=...)``, three times ``drain``) covers both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 
@@ -17,10 +22,13 @@ import uvicorn
 from .._app import App
 from .._errors import DefinitionError
 from .._events.bus import EventBus, LocalBus
+from .._interceptors import default_interceptors
 from .._loader import AppNotFound, load_app
+from .._resilience.policies import Policies
 from .._rpc.client import HttpTransport
 from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
 from .._runtime import Runtime
+from .hygiene import exit_with_parent, set_parent_death_signal
 
 ENV_VAR = "ARCHIPEL_WORKER"
 
@@ -35,8 +43,17 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     peers: dict[str, list[str]] = msgspec.field(default_factory=dict)  # service -> base URLs
     replica: int = 0
     max_body: int = DEFAULT_MAX_BODY
-    handler_attempts: int = 3
+    redelivery_window: float | None = None  # None: ARCHIPEL_REDELIVERY_WINDOW or the default
     durable: bool = True  # persistent MQTT session: events wait for this process while it is down
+    policies: dict[str, object] = msgspec.field(default_factory=dict)  # [policies] as configured
+    deployment: str = ""  # MQTT topic root and client-id prefix; "" means the app's name
+    drain: float = 5.0  # seconds for requests in progress, then as much for running event handlers
+    supervisor_pid: int = 0  # when set, exit as soon as this parent is gone (see _deploy.hygiene)
+
+
+def client_id(deployment: str, process: str, replica: int) -> str:
+    """The MQTT client id of one replica: stable across restarts, so its durable session resumes."""
+    return f"{deployment}-{process}-{replica}"
 
 
 def build_server(app: App, spec: WorkerSpec) -> RpcServer:
@@ -47,16 +64,38 @@ def build_server(app: App, spec: WorkerSpec) -> RpcServer:
     else:
         from .._events.mqtt import MqttBus
 
-        client_id = f"{app.name}-{spec.name}-{spec.replica}"
-        bus = MqttBus(spec.broker, app.name, client_id=client_id, durable=spec.durable)
+        deployment = spec.deployment or app.name
+        bus = MqttBus(
+            spec.broker,
+            deployment,
+            client_id=client_id(deployment, spec.name, spec.replica),
+            durable=spec.durable,
+            drain_timeout=spec.drain,
+        )
     transport = HttpTransport(spec.peers)
-    runtime = Runtime(app, spec.services, bus, remote=transport.proxy, handler_attempts=spec.handler_attempts)
+    policies = Policies.from_config(spec.policies, app)
+    runtime = Runtime(
+        app,
+        spec.services,
+        bus,
+        remote=transport.proxy,
+        redelivery_window=spec.redelivery_window,
+        interceptors=default_interceptors(app, policies, endpoints=transport.endpoints),
+        instance=f"{spec.name}.{spec.replica}",  # stable across restarts: takes back its outbox leases
+    )
     return RpcServer(runtime, max_body=spec.max_body, on_startup=transport.start, on_shutdown=transport.close)
 
 
-def uvicorn_config(server: RpcServer, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(server: RpcServer, host: str, port: int, drain: float = 5.0) -> uvicorn.Config:
     return uvicorn.Config(
-        server, host=host, port=port, lifespan="on", log_level="warning", access_log=False, loop="asyncio"
+        server,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        loop="asyncio",
+        timeout_graceful_shutdown=math.ceil(drain),  # uvicorn takes whole seconds
     )
 
 
@@ -66,6 +105,8 @@ def main() -> None:
     )
     try:
         spec = msgspec.json.decode(os.environ[ENV_VAR], type=WorkerSpec)
+        if spec.supervisor_pid:
+            _follow_supervisor(spec.supervisor_pid)
         app = load_app(spec.app)
         app.validate()
         server = build_server(app, spec)
@@ -73,10 +114,19 @@ def main() -> None:
         sys.exit(f"archipel worker: missing or invalid {ENV_VAR}: {exc}")
     except (AppNotFound, DefinitionError) as exc:
         sys.exit(f"archipel worker: {exc}")
-    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port))
+    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain))
     asyncio.run(uv.serve())
     if not uv.started:
         sys.exit(3)
+
+
+def _follow_supervisor(supervisor: int) -> None:
+    # The supervisor already set PDEATHSIG before exec; setting it again costs nothing and covers
+    # a worker started by other means. The thread is the fallback where the signal cannot help.
+    set_parent_death_signal()
+    if os.getppid() != supervisor:
+        sys.exit("archipel worker: the supervisor is gone")
+    exit_with_parent(supervisor)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 ...     await running.events.wait_for(OrderPlaced, lambda e: e.order_id == order_id)
 
 With the pytest plugin (installed with archipel), the ``archipel_topology`` fixture runs the
-same test body as a monolith, as microservices on Mosquitto and on the embedded broker.
+same test body as a monolith, as microservices on the embedded broker (the private Mosquitto
+``archipel run`` starts) and on rumqttd.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -23,11 +27,13 @@ from .._app import App
 from .._deploy.plan import Mode, ProcessPlan, plan
 from .._deploy.supervisor import EMBEDDED, Supervisor, free_port
 from .._events.bus import LocalBus
+from .._interceptors import default_interceptors
 from .._loader import load_app, reference_of
 from .._model import Service
+from .._resilience.policies import Policies
 from .._rpc.client import HttpTransport
 from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
-from .._runtime import Runtime
+from .._runtime import DATA_DIR_VAR, Runtime
 from ._recorder import EventRecorder
 
 __all__ = ["EventRecorder", "RunningApp", "Topology", "run_app"]
@@ -37,11 +43,12 @@ S = TypeVar("S", bound=Service)
 
 @dataclass(frozen=True)
 class Topology:
-    """Where a test runs the app: ``mode``, and for microservices the broker URL or "embedded"."""
+    """Where a test runs the app: ``mode``, and for microservices the broker: a URL, "embedded"
+    (a private Mosquitto for this run, its files in the run's data folder) or "rumqttd"."""
 
     mode: Mode
     broker: str | None = None
-    durable: bool = True  # durable MQTT sessions (see Supervisor: off for the embedded broker)
+    durable: bool | None = None  # durable MQTT sessions; None: the supervisor's choice (not on rumqttd)
 
     @classmethod
     def parse(cls, value: Topology | str) -> Topology:
@@ -50,7 +57,7 @@ class Topology:
         if value == "monolith":
             return cls("monolith")
         if value == "microservices":
-            return cls("microservices", EMBEDDED, durable=False)
+            return cls("microservices", EMBEDDED)
         raise ValueError(f"topology must be 'monolith', 'microservices' or a Topology, not {value!r}")
 
 
@@ -65,6 +72,7 @@ class RunningApp:
         self._local: Runtime | None = None
         self._transport: HttpTransport | None = None
         self._supervisor: Supervisor | None = None
+        self._policies: Policies | None = None
 
     def pid_of(self, service: str) -> int:
         """The OS process that hosts ``service`` (this test's own process in a monolith)."""
@@ -104,7 +112,8 @@ class RunningApp:
         if self._local is not None:
             return self._local.instances[spec.name]  # type: ignore[return-value]
         assert self._transport is not None
-        proxy: S = self._transport.proxy(spec)
+        interceptors = default_interceptors(self.app, self._policies, endpoints=self._transport.endpoints)
+        proxy: S = self._transport.proxy(spec, interceptors=interceptors)
         return proxy
 
     def instance(self, cls: type[S]) -> S:
@@ -124,37 +133,66 @@ async def run_app(
     replicas: Mapping[str, int] | None = None,
     timeout: float = 30.0,
     max_body: int = DEFAULT_MAX_BODY,
+    policies: Mapping[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    deployment: str | None = None,
 ) -> AsyncIterator[RunningApp]:
-    """Start ``app`` for the duration of the block and stop every part of it afterwards."""
+    """Start ``app`` for the duration of the block and stop every part of it afterwards.
+
+    ``data_dir``: where the services keep their state (SQLite stores) and the embedded broker
+    its sessions; by default a new temporary folder, removed afterwards. Pass the same folder to
+    two blocks to see state survive a restart.
+
+    ``deployment`` names the run on the broker (topic root, client ids); default: the app's name.
+
+    ``policies``: the resilience policies, as the ``[policies]`` table of ``archipel.toml``."""
     the_app = load_app(app) if isinstance(app, str) else app
+    checked = Policies.from_config(policies, the_app)  # a bad key fails here, before anything starts
     where = Topology.parse(topology)
-    if where.mode == "monolith":
-        async with _monolith(the_app, where, env, timeout, max_body) as running:
-            yield running
-    else:
-        reference = app if isinstance(app, str) else reference_of(the_app)
-        async with _microservices(
-            the_app,
-            reference,
-            where,
-            env,
-            plan(the_app, "microservices", groups, replicas),
-            timeout,
-            max_body,
-        ) as running:
-            yield running
+    scratch = None if data_dir is not None else tempfile.mkdtemp(prefix="archipel-test-")
+    env = {**(env or {}), DATA_DIR_VAR: _absolute(data_dir or scratch or ".")}
+    try:
+        if where.mode == "monolith":
+            async with _monolith(the_app, where, env, timeout, max_body, checked) as running:
+                yield running
+        else:
+            reference = app if isinstance(app, str) else reference_of(the_app)
+            async with _microservices(
+                the_app,
+                reference,
+                where,
+                env,
+                plan(the_app, "microservices", groups, replicas),
+                timeout,
+                max_body,
+                policies,
+                deployment,
+            ) as running:
+                yield running
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _absolute(path: str | Path) -> str:
+    return os.path.abspath(path)  # children run from other folders (the supervisor's cwd)
 
 
 @contextlib.asynccontextmanager
 async def _monolith(
-    app: App, topology: Topology, env: Mapping[str, str] | None, timeout: float, max_body: int
+    app: App,
+    topology: Topology,
+    env: Mapping[str, str] | None,
+    timeout: float,
+    max_body: int,
+    policies: Policies,
 ) -> AsyncIterator[RunningApp]:
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
     bus = LocalBus()
     events = EventRecorder()
     bus.observe(events.record)
-    runtime = Runtime(app, list(app.specs), bus)
+    runtime = Runtime(app, list(app.specs), bus, interceptors=default_interceptors(app, policies))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -195,6 +233,8 @@ async def _microservices(
     plans: list[ProcessPlan],
     timeout: float,
     max_body: int,
+    policies: Mapping[str, Any] | None,
+    deployment: str | None,
 ) -> AsyncIterator[RunningApp]:
     from .._events.mqtt import MqttBus
 
@@ -207,6 +247,9 @@ async def _microservices(
         env=env,
         max_body=max_body,
         durable=topology.durable,
+        policies=policies,
+        deployment=deployment,
+        data_dir=(env or {}).get(DATA_DIR_VAR),
         echo=_echo if os.environ.get("ARCHIPEL_TEST_ECHO") else None,
     )
     await supervisor.start(timeout)
@@ -217,8 +260,9 @@ async def _microservices(
     urls = {service: addresses[0] for service, addresses in replicas.items()}
     events = EventRecorder()
     assert supervisor.broker_url is not None
+    root = supervisor.deployment
     observer = MqttBus(
-        supervisor.broker_url, app.name, client_id=f"{app.name}-test-observer-{os.getpid()}", durable=False
+        supervisor.broker_url, root, client_id=f"{root}-test-observer-{os.getpid()}", durable=False
     )
     observer.observe(events.record)
     transport = HttpTransport(replicas)
@@ -228,6 +272,7 @@ async def _microservices(
         running = RunningApp(app, topology, urls, events)
         running._transport = transport
         running._supervisor = supervisor
+        running._policies = Policies.from_config(policies, app)
         yield running
     finally:
         await transport.close()

@@ -9,8 +9,8 @@ from typing import TypeVar
 import msgspec
 
 from .._events.bus import DEAD_PREFIX, Envelope
+from .._events.dispatch import DeadLetter
 from .._model import Event
-from .._runtime import DeadLetter
 
 E = TypeVar("E", bound=Event)
 T = TypeVar("T")
