@@ -2,13 +2,15 @@
 
     locust -f examples/boutique/locustfile.py --headless -u 5 -r 5 -t 10s --host http://127.0.0.1:8000
 
-Each simulated visitor keeps its own cookies (session and currency), like a browser.
+Each simulated visitor keeps its own cookies (session and currency), like a browser, and checks
+out with the order id the basket page's form carries.
 """
 
 from __future__ import annotations
 
 import datetime
 import random
+import re
 
 from locust import FastHttpUser, between, task
 
@@ -25,6 +27,7 @@ PRODUCT_IDS = (
     "watering-can",
 )
 CURRENCIES = ("EUR", "USD", "JPY", "GBP", "CAD", "CHF")
+ORDER_ID_FIELD = re.compile(r'name="order_id" value="([0-9a-f]+)"')
 
 
 class Shopper(FastHttpUser):
@@ -55,9 +58,12 @@ class Shopper(FastHttpUser):
     @task(1)
     def checkout(self) -> None:
         self.add_to_cart()
+        basket = self.client.get("/basket")
+        found = ORDER_ID_FIELD.search(basket.text or "")
         self.client.post(
             "/order",
             data={
+                "order_id": found.group(1) if found else "",
                 "email": "someone@example.com",
                 "street_address": "12 Harbour Lane",
                 "zip_code": "PO1 3AX",

@@ -106,7 +106,7 @@ class Guestbook(Service):
     # duplicate overwrites its own entry instead of adding a second one.
     #
     # In microservices mode the Guestbook subscribes through a shared subscription
-    # ($share/guestbook/hello/greetings/sent): each *service* gets every event, while the
+    # ($share/hello.guestbook:greetings.sent/hello/greetings/sent): each *service* gets every event, while the
     # replicas of one service share them, so running two Guestbooks does not record twice.
     @on(Greeted)
     async def record(self, event: Greeted) -> None:

@@ -18,7 +18,7 @@ from boutique import money
 from boutique.app import app
 from boutique.cart import Cart
 from boutique.catalog import Catalog
-from boutique.checkout import Checkout, EmptyCart
+from boutique.checkout import Checkout, EmptyCart, new_order_id
 from boutique.currency import Currency
 from boutique.email import Email
 from boutique.payment import Payment, PaymentDeclined
@@ -84,7 +84,7 @@ async def test_order_flow_through_service_clients(redis_shop: RunningApp) -> Non
         CartItem("notebook", 3),
     ]
 
-    order = await checkout.place_order(user, "JPY", ADDRESS, "buyer@example.com", GOOD_CARD)
+    order = await checkout.place_order(new_order_id(), user, "JPY", ADDRESS, "buyer@example.com", GOOD_CARD)
     assert order.total.currency_code == "JPY"
     notebook_yen = await currency.convert(Money("USD", 7, 250_000_000), "JPY")
     assert order.total == money.total([in_yen, money.multiply(notebook_yen, 3), order.shipping_cost], "JPY")
@@ -100,6 +100,10 @@ async def test_order_flow_through_service_clients(redis_shop: RunningApp) -> Non
     assert {m.kind for m in mails} == {"confirmation", "shipped"}
     assert all(m.to == "buyer@example.com" for m in mails)
     assert shipped.tracking_id in next(m.body for m in mails if m.kind == "shipped")
+    # Checkout keeps the order, and learns it shipped.
+    kept = await eventually(lambda: checkout.get_order(order.order_id), lambda o: o.status == "shipped")
+    assert kept.tracking_id == shipped.tracking_id and kept.total == order.total
+    assert [o.order_id for o in await checkout.list_orders(user)] == [order.order_id]
 
 
 async def test_refusals_keep_their_class_and_leave_nothing_behind(archipel_topology: Topology) -> None:
@@ -113,21 +117,27 @@ async def test_refusals_keep_their_class_and_leave_nothing_behind(archipel_topol
         for bad in (0, -3, 10**9):
             with pytest.raises(InvalidArgument, match="between 1 and 100"):
                 await cart.add_item(user, "camp-mug", bad)
+        order_id = new_order_id()
         with pytest.raises(EmptyCart):
-            await checkout.place_order(user, "USD", ADDRESS, "buyer@example.com", GOOD_CARD)
+            await checkout.place_order(order_id, user, "USD", ADDRESS, "buyer@example.com", GOOD_CARD)
+        with pytest.raises(InvalidArgument, match="order_id must be 16 lower-case hex digits"):
+            await checkout.place_order("order-1", user, "USD", ADDRESS, "buyer@example.com", GOOD_CARD)
 
         await cart.add_item(user, "camp-mug", 2)
         with pytest.raises(PaymentDeclined, match="card declined: number fails the Luhn check"):
-            await checkout.place_order(user, "EUR", ADDRESS, "buyer@example.com", LUHN_FAIL)
+            await checkout.place_order(order_id, user, "EUR", ADDRESS, "buyer@example.com", LUHN_FAIL)
         with pytest.raises(PaymentDeclined, match="expired"):
             expired = CreditCard("5555 5555 5555 4444", "123", 1, 2020)
-            await checkout.place_order(user, "EUR", ADDRESS, "buyer@example.com", expired)
+            await checkout.place_order(order_id, user, "EUR", ADDRESS, "buyer@example.com", expired)
         assert await payment.list_transactions() == []
         assert (await cart.get_cart(user)).items == [CartItem("camp-mug", 2)]
+        with pytest.raises(NotFound, match=f"order {order_id} not found"):
+            await checkout.get_order(order_id)
 
-        # A good order afterwards goes through; the failed attempts left no OrderPlaced behind:
-        # events of one emitter arrive in order, so anything earlier would be recorded by now.
-        order = await checkout.place_order(user, "EUR", ADDRESS, "buyer@example.com", GOOD_CARD)
+        # A good order afterwards (the same id: nothing was charged under it) goes through; the
+        # failed attempts left no OrderPlaced behind: events of one emitter arrive in order, so
+        # anything earlier would be recorded by now.
+        order = await checkout.place_order(order_id, user, "EUR", ADDRESS, "buyer@example.com", GOOD_CARD)
         await shop.events.wait_for(OrderPlaced, lambda e: e.order_id == order.order_id)
         assert [e.order_id for e in shop.events.of(OrderPlaced)] == [order.order_id]
         assert len(await payment.list_transactions()) == 1
@@ -145,6 +155,14 @@ CHECKOUT_FORM = {
     "card_year": "2099",
     "card_cvv": "123",
 }
+ORDER_ID_FIELD = re.compile(r'name="order_id" value="([0-9a-f]{16})"')
+
+
+def form_order_id(page: httpx.Response) -> str:
+    """The order id a rendered checkout form carries."""
+    found = ORDER_ID_FIELD.search(page.text)
+    assert found, page.text
+    return found.group(1)
 
 
 async def test_storefront_over_http(archipel_topology: Topology) -> None:
@@ -189,20 +207,25 @@ async def test_storefront_over_http(archipel_topology: Topology) -> None:
             ignored = await web.post("/setcurrency", data={"currency_code": "XXX"})
             assert ignored.status_code == 200 and web.cookies.get("shop_currency") == "EUR"
 
-            declined = await web.post("/order", data={**CHECKOUT_FORM, "card_number": "4111 1111 1111 1112"})
+            no_id = await web.post("/order", data=CHECKOUT_FORM)
+            assert no_id.status_code == 422 and "order_id must be 16 lower-case hex digits" in no_id.text
+            form = {**CHECKOUT_FORM, "order_id": form_order_id(no_id)}
+            declined = await web.post("/order", data={**form, "card_number": "4111 1111 1111 1112"})
             assert declined.status_code == 402
             assert "card declined: number fails the Luhn check" in declined.text
             assert 'value="4111 1111 1111 1112"' in declined.text  # the form keeps what was typed
             assert "Enamel Camp Mug" in declined.text  # the basket is kept
             assert shop.events.of(OrderPlaced) == []
 
-            bad_email = await web.post("/order", data={**CHECKOUT_FORM, "email": "nope"})
+            bad_email = await web.post("/order", data={**form, "email": "nope"})
             assert bad_email.status_code == 422 and "is not an email address" in bad_email.text
 
-            placed = await web.post("/order", data=CHECKOUT_FORM)
-            assert placed.status_code == 200
+            form["order_id"] = form_order_id(bad_email)  # each rendered form carries a new id
+            assert form["order_id"] != form_order_id(declined)
+            placed = await web.post("/order", data=form)
+            assert placed.status_code == 200 and "your order is placed" in placed.text
             found = re.search(r'data-testid="order-id">([0-9a-f]+)<', placed.text)
-            assert found, placed.text
+            assert found and found.group(1) == form["order_id"], placed.text
             order_id = found.group(1)
             event = await shop.events.wait_for(OrderPlaced, lambda e: e.order_id == order_id)
             assert event.total.currency_code == "EUR" and event.email == "web@example.com"
@@ -216,5 +239,19 @@ async def test_storefront_over_http(archipel_topology: Topology) -> None:
             basket = await eventually(lambda: web.get("/basket"), lambda r: "Your basket is empty" in r.text)
             assert basket.status_code == 200
 
-            empty = await web.post("/order", data=CHECKOUT_FORM)
+            again = await web.post("/order", data=form)  # the same form, submitted again
+            assert again.status_code == 200 and f'data-testid="order-id">{order_id}<' in again.text
+            empty = await web.post("/order", data={**form, "order_id": new_order_id()})
             assert empty.status_code == 409 and "your cart is empty" in empty.text
+
+            history = await web.get("/orders")
+            assert history.text.count("<tr data-order=") == 1 and f'href="/order/{order_id}"' in history.text
+            page = await eventually(
+                lambda: web.get(f"/order/{order_id}"),
+                lambda r: 'data-testid="order-status">shipped<' in r.text,
+            )
+            assert "Your order" in page.text and event.transaction_id in page.text
+            async with httpx.AsyncClient(base_url=base, timeout=10) as stranger:
+                assert (await stranger.get(f"/order/{order_id}")).status_code == 404
+                assert "No orders yet" in (await stranger.get("/orders")).text
+            assert (await web.get("/order/not-an-id")).status_code == 404

@@ -1,16 +1,23 @@
-"""Service classes called directly, with dependencies set by hand (no runtime, no network)."""
+"""Service classes called directly, with dependencies set by hand (no runtime, no network).
+
+Stateful services get a SQLite store in the test's folder, as the runtime would give them; with
+no unit of work around these direct calls, each write commits at once.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from boutique import money
-from boutique.cart import MAX_QUANTITY, Cart, MemoryStore
+from boutique.cart import MAX_QUANTITY, Cart, CollectionStore
 from boutique.catalog import Catalog
-from boutique.checkout import Checkout, EmptyCart
+from boutique.checkout import Checkout, EmptyCart, new_order_id
 from boutique.currency import Currency
 from boutique.email import Email
 from boutique.payment import Payment, PaymentDeclined
@@ -18,12 +25,34 @@ from boutique.recommendation import Recommendation
 from boutique.shipping import Shipping
 from boutique.types import Address, CartItem, CreditCard, Money, OrderItem, OrderPlaced, OrderShipped
 
-from archipel import Event, InvalidArgument, NotFound
+from archipel import Conflict, Event, InvalidArgument, NotFound, Service
+from archipel._state import SqliteStore
 
 REDIS_URL = os.environ.get("BOUTIQUE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 ADDRESS = Address("1 Quay Street", "Harbourtown", "", "Norway", "0150")
 GOOD_CARD = CreditCard("4111 1111 1111 1111", "123", 12, 2099)
 LUHN_FAIL = CreditCard("4111 1111 1111 1112", "123", 12, 2099)
+S = TypeVar("S", bound=Service)
+
+
+class Stores:
+    """Opens a SQLite store per service in one folder and closes them all at the end."""
+
+    def __init__(self, folder: Path, exits: AsyncExitStack) -> None:
+        self._folder = folder
+        self._exits = exits
+
+    async def attach(self, service: S) -> S:
+        name = type(service).__name__.lower()
+        store = await self._exits.enter_async_context(SqliteStore(self._folder / f"{name}.sqlite3"))
+        service._archipel_store = store  # what the runtime does before start()
+        return service
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
+    async with AsyncExitStack() as exits:
+        yield Stores(tmp_path, exits)
 
 
 class Emitted:
@@ -60,9 +89,11 @@ async def test_recommendation_service_uses_the_catalog() -> None:
     assert picks == await recommendation.list_recommendations("u1", ["beanie", "camp-mug"])
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def cart(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cart]:
-    service = Cart()
+@pytest.fixture(params=["collection", "redis"])
+async def cart(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, stores: Stores
+) -> AsyncIterator[Cart]:
+    service = await stores.attach(Cart())
     prefix = f"boutique-test-{uuid.uuid4().hex[:8]}:"
     if request.param == "redis":
         monkeypatch.setenv("BOUTIQUE_REDIS_URL", REDIS_URL)
@@ -70,7 +101,7 @@ async def cart(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     else:
         monkeypatch.delenv("BOUTIQUE_REDIS_URL", raising=False)
     await service.start()
-    assert isinstance(service.store, MemoryStore) == (request.param == "memory")
+    assert isinstance(service.store, CollectionStore) == (request.param == "collection")
     try:
         yield service
     finally:
@@ -118,7 +149,7 @@ async def test_cart_empties_once_per_order(cart: Cart) -> None:
     await cart.empty_after_order(event)
     assert (await cart.get_cart("u1")).items == []
     await cart.add_item("u1", "beanie", 2)  # filled again after the order
-    await cart.empty_after_order(event)  # the same event, delivered again
+    await cart.empty_after_order(event)  # the same order again (a direct call skips the inbox)
     assert (await cart.get_cart("u1")).items == [CartItem("beanie", 2)]
 
 
@@ -130,23 +161,27 @@ def placed_order(order_id: str, user_id: str) -> OrderPlaced:
     )  # fmt: skip
 
 
-def wired_checkout() -> tuple[Checkout, Cart, Payment, Emitted]:
+async def wired_checkout(stores: Stores) -> tuple[Checkout, Cart, Payment, Emitted]:
     checkout, cart, payment, emitted = Checkout(), Cart(), Payment(), Emitted()
+    for service in (checkout, cart, payment):
+        await stores.attach(service)
     checkout.cart, checkout.catalog, checkout.currency = cart, Catalog(), Currency()
     checkout.shipping, checkout.payment = Shipping(), payment
     checkout._archipel_emit = emitted
     return checkout, cart, payment, emitted
 
 
-async def test_checkout_prices_in_the_user_currency_and_emits() -> None:
-    checkout, cart, payment, emitted = wired_checkout()
+async def test_checkout_prices_in_the_user_currency_and_emits(stores: Stores) -> None:
+    checkout, cart, payment, emitted = await wired_checkout(stores)
     await cart.add_item("u1", "camp-mug", 2)  # 2 x 12.50 USD
     await cart.add_item("u1", "notebook", 1)  # 7.25 USD
-    result = await checkout.place_order("u1", "EUR", ADDRESS, "a@example.com", GOOD_CARD)
+    order_id = new_order_id()
+    result = await checkout.place_order(order_id, "u1", "EUR", ADDRESS, "a@example.com", GOOD_CARD)
     currency = Currency()
     mug = await currency.convert(Money("USD", 12, 500_000_000), "EUR")
     book = await currency.convert(Money("USD", 7, 250_000_000), "EUR")
     ship = await currency.convert(Money("USD", 6, 490_000_000), "EUR")  # 4.99 + 2 x 0.75
+    assert (result.order_id, result.user_id, result.status) == (order_id, "u1", "paid")
     assert result.shipping_cost == ship
     assert result.total == money.total([money.multiply(mug, 2), book, ship], "EUR")
     assert [(i.product_id, i.quantity, i.unit_price) for i in result.items] == [
@@ -155,54 +190,126 @@ async def test_checkout_prices_in_the_user_currency_and_emits() -> None:
     ]
     [event] = emitted.events
     assert isinstance(event, OrderPlaced)
-    assert (event.order_id, event.user_id, event.total) == (result.order_id, "u1", result.total)
+    assert (event.order_id, event.user_id, event.total) == (order_id, "u1", result.total)
     [charge] = await payment.list_transactions()
-    assert (charge.transaction_id, charge.amount, charge.last_four) == (
+    assert (charge.transaction_id, charge.amount, charge.last_four, charge.idempotency_key) == (
         result.transaction_id,
         result.total,
         "1111",
+        order_id,
     )
+    assert await checkout.get_order(order_id) == result
     # The cart is emptied by the OrderPlaced handler, not by checkout itself.
     assert len((await cart.get_cart("u1")).items) == 2
 
 
-async def test_checkout_declined_card_charges_nothing_and_keeps_the_cart() -> None:
-    checkout, cart, payment, emitted = wired_checkout()
+async def test_checkout_submitted_again_charges_and_announces_once(stores: Stores) -> None:
+    checkout, cart, payment, emitted = await wired_checkout(stores)
     await cart.add_item("u1", "camp-mug", 1)
-    with pytest.raises(PaymentDeclined, match="card declined: number fails the Luhn check"):
-        await checkout.place_order("u1", "USD", ADDRESS, "a@example.com", LUHN_FAIL)
-    assert emitted.events == []
-    assert await payment.list_transactions() == []
-    assert (await cart.get_cart("u1")).items == [CartItem("camp-mug", 1)]
+    order_id = new_order_id()
+    first = await checkout.place_order(order_id, "u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+    await cart.add_item("u1", "beanie", 1)  # the basket changed since: the paid order stays as it was
+    again = await checkout.place_order(order_id, "u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+    assert again == first
+    assert len(emitted.events) == 1 and len(await payment.list_transactions()) == 1
+    with pytest.raises(Conflict, match=f"order_id {order_id} is already used"):
+        await checkout.place_order(order_id, "u2", "USD", ADDRESS, "a@example.com", GOOD_CARD)
 
 
-async def test_checkout_refuses_empty_carts_and_bad_input() -> None:
-    checkout, cart, _, emitted = wired_checkout()
-    with pytest.raises(EmptyCart, match="cart is empty"):
-        await checkout.place_order("u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
-    await cart.add_item("u1", "camp-mug", 1)
-    with pytest.raises(InvalidArgument, match="not an email"):
-        await checkout.place_order("u1", "USD", ADDRESS, "nobody", GOOD_CARD)
-    with pytest.raises(InvalidArgument, match="unsupported currency"):
-        await checkout.place_order("u1", "XXX", ADDRESS, "a@example.com", GOOD_CARD)
-    with pytest.raises(InvalidArgument, match="address is missing"):
-        await checkout.place_order("u1", "USD", Address("", "", "", "", ""), "a@example.com", GOOD_CARD)
-    assert emitted.events == []
+async def test_checkout_lists_a_users_orders_newest_first_and_marks_them_shipped(stores: Stores) -> None:
+    checkout, cart, _, _ = await wired_checkout(stores)
+    placed = []
+    for product in ("camp-mug", "beanie", "notebook"):
+        await cart.add_item("u1", product, 1)
+        placed.append(
+            await checkout.place_order(new_order_id(), "u1", "USD", ADDRESS, "a@b.example", GOOD_CARD)
+        )
+        await cart.empty_cart("u1")
+    await cart.add_item("u1/x", "camp-mug", 1)  # a user whose id starts with the first's
+    other = await checkout.place_order(new_order_id(), "u1/x", "USD", ADDRESS, "a@b.example", GOOD_CARD)
+    assert [o.order_id for o in await checkout.list_orders("u1")] == [o.order_id for o in reversed(placed)]
+    assert [o.order_id for o in await checkout.list_orders("u1/x")] == [other.order_id]
+    assert len(await checkout.list_orders("u1", limit=2)) == 2
+    assert await checkout.list_orders("nobody") == []
 
-
-async def test_checkout_of_an_unknown_product_is_not_found() -> None:
-    checkout, cart, payment, emitted = wired_checkout()
-    await cart.add_item("u1", "discontinued", 1)
+    await checkout.mark_shipped(OrderShipped(other.order_id, "a@b.example", "AB-1", ADDRESS))
+    shipped = await checkout.get_order(other.order_id)
+    assert (shipped.status, shipped.tracking_id) == ("shipped", "AB-1")
     with pytest.raises(NotFound):
-        await checkout.place_order("u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+        await checkout.get_order(new_order_id())
+
+
+async def test_checkout_refuses_a_malformed_order_id(stores: Stores) -> None:
+    checkout, cart, payment, emitted = await wired_checkout(stores)
+    await cart.add_item("u1", "camp-mug", 1)
+    for bad in ("", "ABCDEF0123456789", "0123456789abcde", "../../etc/passwd", "x" * 500):
+        with pytest.raises(InvalidArgument, match="order_id must be 16 lower-case hex digits"):
+            await checkout.place_order(bad, "u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+        with pytest.raises(InvalidArgument, match="order_id"):
+            await checkout.get_order(bad)
     assert emitted.events == [] and await payment.list_transactions() == []
 
 
-async def test_payment_refuses_non_positive_amounts() -> None:
-    with pytest.raises(InvalidArgument):
-        await Payment().charge(Money("USD", 0), GOOD_CARD)
-    with pytest.raises(InvalidArgument):
-        await Payment().charge(Money("USD", -1), GOOD_CARD)
+async def test_checkout_declined_card_charges_nothing_and_keeps_the_cart(stores: Stores) -> None:
+    checkout, cart, payment, emitted = await wired_checkout(stores)
+    await cart.add_item("u1", "camp-mug", 1)
+    order_id = new_order_id()
+    with pytest.raises(PaymentDeclined, match="card declined: number fails the Luhn check"):
+        await checkout.place_order(order_id, "u1", "USD", ADDRESS, "a@example.com", LUHN_FAIL)
+    assert emitted.events == []
+    assert await payment.list_transactions() == []
+    assert (await cart.get_cart("u1")).items == [CartItem("camp-mug", 1)]
+    # Nothing was charged under that id: the same order with a good card goes through.
+    order = await checkout.place_order(order_id, "u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+    assert order.order_id == order_id and len(emitted.events) == 1
+
+
+async def test_checkout_refuses_empty_carts_and_bad_input(stores: Stores) -> None:
+    checkout, cart, _, emitted = await wired_checkout(stores)
+    order_id = new_order_id()
+    with pytest.raises(EmptyCart, match="cart is empty"):
+        await checkout.place_order(order_id, "u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+    await cart.add_item("u1", "camp-mug", 1)
+    with pytest.raises(InvalidArgument, match="not an email"):
+        await checkout.place_order(order_id, "u1", "USD", ADDRESS, "nobody", GOOD_CARD)
+    with pytest.raises(InvalidArgument, match="unsupported currency"):
+        await checkout.place_order(order_id, "u1", "XXX", ADDRESS, "a@example.com", GOOD_CARD)
+    with pytest.raises(InvalidArgument, match="address is missing"):
+        nowhere = Address("", "", "", "", "")
+        await checkout.place_order(order_id, "u1", "USD", nowhere, "a@example.com", GOOD_CARD)
+    assert emitted.events == []
+
+
+async def test_checkout_of_an_unknown_product_is_not_found(stores: Stores) -> None:
+    checkout, cart, payment, emitted = await wired_checkout(stores)
+    await cart.add_item("u1", "discontinued", 1)
+    with pytest.raises(NotFound):
+        await checkout.place_order(new_order_id(), "u1", "USD", ADDRESS, "a@example.com", GOOD_CARD)
+    assert emitted.events == [] and await payment.list_transactions() == []
+
+
+async def test_payment_refuses_non_positive_amounts_and_missing_keys(stores: Stores) -> None:
+    payment = await stores.attach(Payment())
+    for amount in (Money("USD", 0), Money("USD", -1)):
+        with pytest.raises(InvalidArgument, match="positive amount"):
+            await payment.charge(amount, GOOD_CARD, idempotency_key="k1")
+    with pytest.raises(InvalidArgument, match="idempotency_key must be 1 to 128 characters"):
+        await payment.charge(Money("USD", 5), GOOD_CARD, idempotency_key="")
+    assert await payment.list_transactions() == []
+
+
+async def test_payment_charges_once_per_idempotency_key(stores: Stores) -> None:
+    payment = await stores.attach(Payment())
+    five, six = Money("EUR", 5), Money("EUR", 6)
+    first = await payment.charge(five, GOOD_CARD, idempotency_key="k1")
+    assert await payment.charge(five, GOOD_CARD, idempotency_key="k1") == first
+    with pytest.raises(Conflict, match=r"idempotency key 'k1' was already used to charge €5.00, not €6.00"):
+        await payment.charge(six, GOOD_CARD, idempotency_key="k1")
+    with pytest.raises(PaymentDeclined):
+        await payment.charge(six, LUHN_FAIL, idempotency_key="k2")
+    second = await payment.charge(six, GOOD_CARD, idempotency_key="k2")  # declined charged nothing
+    assert [t.transaction_id for t in await payment.list_transactions()] == [second, first]
+    assert [t.idempotency_key for t in await payment.list_transactions(limit=1)] == ["k2"]
 
 
 async def test_shipping_ships_placed_orders_once_per_order() -> None:
@@ -216,12 +323,13 @@ async def test_shipping_ships_placed_orders_once_per_order() -> None:
     assert first.tracking_id == await shipping.ship_order(ADDRESS, [CartItem("camp-mug", 1)], "order-7")
 
 
-async def test_email_sends_each_mail_once() -> None:
-    email = Email()
+async def test_email_sends_each_mail_once(stores: Stores) -> None:
+    email = await stores.attach(Email())
     event = placed_order("order-9", "u1")
     await email.send_confirmation(event)
-    await email.send_confirmation(event)  # redelivered
+    await email.send_confirmation(event)  # the same order again (a direct call skips the inbox)
     await email.send_shipping_notice(OrderShipped("order-9", "a@example.com", "AB-12345-678901234", ADDRESS))
+    await email.send_confirmation(placed_order("order-10", "u2"))
     sent = await email.list_sent(order_id="order-9")
     assert [m.kind for m in sent] == ["shipped", "confirmation"]
     confirmation = sent[1]
@@ -229,5 +337,7 @@ async def test_email_sends_each_mail_once() -> None:
     assert "1 \u00d7 Enamel Camp Mug at $12.50" in confirmation.body
     assert "Total charged:  $17.49" in confirmation.body
     assert "AB-12345-678901234" in sent[0].body
+    assert [m.order_id for m in await email.list_sent()] == ["order-10", "order-9", "order-9"]
     assert await email.list_sent(to="other@example.com") == []
+    assert len(await email.list_sent(to="a@example.com", limit=2)) == 2
     assert len(await email.list_sent(limit=1)) == 1

@@ -1,4 +1,5 @@
-"""A real browser walks through the shop (monolith): home, product, basket, checkout, confirmation.
+"""A real browser walks through the shop (monolith): home, product, basket, checkout, confirmation,
+mail, order history.
 
 Uses Debian's Chromium at /usr/bin/chromium (never downloads one); skipped when it is missing.
 Leaves screenshots in ``test-artifacts/``.
@@ -66,7 +67,7 @@ async def test_buy_a_mug_in_a_browser() -> None:
             await page.click("button:has-text('Place order')")
 
             order_id = (await page.get_by_test_id("order-id").inner_text()).strip()
-            assert re.fullmatch(r"[0-9a-f]{12}", order_id)
+            assert re.fullmatch(r"[0-9a-f]{16}", order_id)
             await expect(page.locator("h1")).to_contain_text("your order is placed")
             await page.screenshot(path=str(ARTIFACTS / "boutique-confirmation.png"), full_page=True)
 
@@ -76,5 +77,11 @@ async def test_buy_a_mug_in_a_browser() -> None:
             await page.click("text=See the mail")
             await expect(page.locator(".mail")).to_have_count(2)
             await page.screenshot(path=str(ARTIFACTS / "boutique-mail.png"), full_page=True)
+
+            await page.click("a.orders-link")
+            await expect(page.locator("tr[data-order]")).to_have_count(1)
+            await page.click(f"a[href='/order/{order_id}']")
+            await expect(page.get_by_test_id("order-status")).to_have_text("shipped")
+            await page.screenshot(path=str(ARTIFACTS / "boutique-order.png"), full_page=True)
         finally:
             await browser.close()

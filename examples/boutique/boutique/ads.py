@@ -41,6 +41,6 @@ def choose_ads(context_keys: list[str], limit: int = MAX_ADS) -> list[Ad]:
 
 
 class Ads(Service):
-    @rpc(idempotent=True)
+    @rpc(idempotent=True, timeout=0.5)  # decoration on a page: not worth a long wait
     async def get_ads(self, context_keys: list[str]) -> list[Ad]:
         return choose_ads(context_keys)

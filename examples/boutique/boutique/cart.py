@@ -1,17 +1,17 @@
-"""Cart: each user's basket. In memory by default; in Redis when ``BOUTIQUE_REDIS_URL`` is set.
+"""Cart: each user's basket. In the service's store by default; in Redis when
+``BOUTIQUE_REDIS_URL`` is set.
 
-The cart empties itself when an order is placed (``OrderPlaced``), once per order even if the
-event arrives twice: a redelivered event must not wipe a basket the user has filled since.
+The cart empties itself when an order is placed (``OrderPlaced``), once per order: an order
+announced again must not wipe a basket the user has filled since.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections import OrderedDict
 from typing import Any, Protocol
 
-from archipel import InvalidArgument, Service, on, rpc
+from archipel import Collection, InvalidArgument, Service, collection, on, rpc
 
 from .types import CartContents, CartItem, OrderPlaced
 
@@ -54,37 +54,49 @@ class CartStore(Protocol):
     async def close(self) -> None: ...
 
 
-class MemoryStore:
-    def __init__(self, remembered_orders: int = 10_000) -> None:
-        self._carts: dict[str, dict[str, int]] = {}
-        self._orders: OrderedDict[str, None] = OrderedDict()
-        self._remembered = remembered_orders
+class CollectionStore:
+    """Carts in the cart service's own store: one row per cart, one per order that emptied one.
+
+    Inside an RPC or an event handling, the writes commit with it (a refused add writes nothing).
+    """
+
+    def __init__(self, carts: Collection[CartContents], emptied: Collection[str]) -> None:
+        self._carts = carts
+        self._emptied = emptied  # order id -> the user whose cart it emptied
 
     async def add(self, user_id: str, product_id: str, quantity: int) -> int:
-        lines = self._carts.setdefault(user_id, {})
+        lines = await self._lines(user_id)
         lines[product_id] = lines.get(product_id, 0) + quantity
+        await self._save(user_id, lines)
         return lines[product_id]
 
     async def set(self, user_id: str, product_id: str, quantity: int) -> None:
-        self._carts.setdefault(user_id, {})[product_id] = quantity
+        lines = await self._lines(user_id)
+        lines[product_id] = quantity
+        await self._save(user_id, lines)
 
     async def items(self, user_id: str) -> list[CartItem]:
-        return [CartItem(pid, qty) for pid, qty in self._carts.get(user_id, {}).items()]
+        cart = await self._carts.get(user_id)
+        return cart.items if cart is not None else []
 
     async def clear(self, user_id: str) -> None:
-        self._carts.pop(user_id, None)
+        await self._carts.delete(user_id)
 
     async def clear_for_order(self, user_id: str, order_id: str) -> bool:
-        if order_id in self._orders:
+        if await self._emptied.get(order_id) is not None:
             return False
-        self._carts.pop(user_id, None)
-        self._orders[order_id] = None
-        while len(self._orders) > self._remembered:
-            self._orders.popitem(last=False)
+        await self._carts.delete(user_id)
+        await self._emptied.put(order_id, user_id)
         return True
 
     async def close(self) -> None:
         pass
+
+    async def _lines(self, user_id: str) -> dict[str, int]:
+        return {item.product_id: item.quantity for item in await self.items(user_id)}
+
+    async def _save(self, user_id: str, lines: dict[str, int]) -> None:
+        await self._carts.put(user_id, CartContents(user_id, [CartItem(p, q) for p, q in lines.items()]))
 
 
 # Marks the order as handled and deletes the cart in one atomic step.
@@ -144,10 +156,12 @@ class RedisStore:
 
 
 class Cart(Service):
+    carts = collection("carts", CartContents)  # key: user id
+    emptied_for_order = collection("emptied_for_order", str)  # key: order id; value: user id
     store: CartStore
 
     def __init__(self, store: CartStore | None = None) -> None:
-        self.store = store or MemoryStore()
+        self.store = store or CollectionStore(self.carts, self.emptied_for_order)
 
     async def start(self) -> None:
         url = os.environ.get("BOUTIQUE_REDIS_URL")
@@ -184,4 +198,8 @@ class Cart(Service):
 
     @on(OrderPlaced)
     async def empty_after_order(self, event: OrderPlaced) -> None:
+        # The inbox already skips a redelivery of this event (same event id). The per-order mark
+        # is for the same order announced under another event id (one form submitted to two
+        # checkout replicas at once: each emits one): emptying again would wipe a basket refilled
+        # since, so the order id, not the event id, decides.
         await self.store.clear_for_order(event.user_id, event.order_id)

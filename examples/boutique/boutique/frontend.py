@@ -25,12 +25,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from archipel import ArchipelError, Conflict, InvalidArgument, NotFound, Service
+from archipel import ArchipelError, Conflict, InvalidArgument, NotFound, Service, optional
 
 from .ads import Ads
 from .cart import Cart, parse_quantity
 from .catalog import Catalog
-from .checkout import Checkout
+from .checkout import Checkout, new_order_id
 from .currency import Currency
 from .email import Email
 from .money import format_money, multiply, total
@@ -113,12 +113,13 @@ def default_checkout_form() -> dict[str, str]:
 
 
 class Frontend(Service):
-    ads: Ads
+    # Optional: when ads or recommendations cannot answer, pages show none rather than fail.
+    ads: Ads = optional(get_ads=[])
     cart: Cart
     catalog: Catalog
     currency: Currency
     email: Email
-    recommendation: Recommendation
+    recommendation: Recommendation = optional(list_recommendations=[])
     shipping: Shipping
     checkout: Checkout
 
@@ -134,6 +135,8 @@ class Frontend(Service):
             Route("/basket/empty", self.empty_basket, methods=["POST"]),
             Route("/setcurrency", self.set_currency, methods=["POST"]),
             Route("/order", self.place_order, methods=["POST"]),
+            Route("/order/{order_id}", self.order_page),
+            Route("/orders", self.order_history),
             Route("/mail", self.mail),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
@@ -200,12 +203,29 @@ class Frontend(Service):
             total=total([*subtotals, shipping], user_currency),
             error=error,
             form=form or default_checkout_form(),
+            # One id per rendered form: the same form submitted twice is one order. A refused
+            # checkout charged nothing under its id, so its form comes back with a fresh one.
+            order_id=new_order_id(),
         )
 
     async def mail(self, request: Request) -> Response:
         order_id = request.query_params.get("order", "")[:64]
         mails = await self.email.list_sent(order_id=order_id, limit=50)
         return await self._page(request, "mail.html", mails=mails, order_id=order_id)
+
+    async def order_page(self, request: Request) -> Response:
+        order_id = request.path_params["order_id"]
+        try:
+            order = await self.checkout.get_order(order_id)
+        except InvalidArgument:
+            raise NotFound(f"order {order_id[:40]!r} not found") from None
+        if order.user_id != self._user(request):  # other visitors' orders do not exist for you
+            raise NotFound(f"order {order_id} not found")
+        return await self._page(request, "order.html", order=order, confirmation=False)
+
+    async def order_history(self, request: Request) -> Response:
+        orders = await self.checkout.list_orders(self._user(request), limit=50)
+        return await self._page(request, "orders.html", orders=orders)
 
     # --- forms -------------------------------------------------------------------------------
 
@@ -246,13 +266,18 @@ class Frontend(Service):
                 expiration_year=_small_int(values["card_year"], "the expiry year"),
             )
             order = await self.checkout.place_order(
-                self._user(request), user_currency, _address(values), values["email"], card
+                _field(form, "order_id", 64),
+                self._user(request),
+                user_currency,
+                _address(values),
+                values["email"],
+                card,
             )
         except PaymentDeclined as exc:
             return await self.basket(request, error=exc.message, status=402, form=values)
         except (InvalidArgument, Conflict) as exc:
             return await self.basket(request, error=exc.message, status=exc.status, form=values)
-        return await self._page(request, "order.html", order=order, basket_count=0)
+        return await self._page(request, "order.html", order=order, confirmation=True, basket_count=0)
 
     # --- helpers -----------------------------------------------------------------------------
 

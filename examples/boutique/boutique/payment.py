@@ -1,17 +1,24 @@
-"""Payment: checks the card (Luhn, brand, expiry, CVV) and "charges" it. Nothing real happens."""
+"""Payment: checks the card (Luhn, brand, expiry, CVV) and "charges" it. Nothing real happens.
+
+Every charge carries the caller's idempotency key (checkout passes the order id): a charge with
+a key already seen returns that first transaction instead of charging again. Transactions are
+kept in the service's store, so they survive restarts.
+"""
 
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
-from collections import deque
 
-from archipel import ArchipelError, InvalidArgument, Service, rpc
+from archipel import ArchipelError, Conflict, InvalidArgument, Service, collection, rpc
 
 from . import money
+from .locks import KeyedLock
 from .types import CreditCard, Money, Transaction
 
-KEPT_TRANSACTIONS = 1000
+MAX_KEY = 128
+MAX_LISTED = 1000
 
 
 class PaymentDeclined(ArchipelError):
@@ -68,21 +75,68 @@ def check_card(card: CreditCard, today: datetime.date) -> str:
     return brand
 
 
-class Payment(Service):
-    def __init__(self) -> None:
-        self._transactions: deque[Transaction] = deque(maxlen=KEPT_TRANSACTIONS)
+def check_idempotency_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY:
+        raise InvalidArgument(f"idempotency_key must be 1 to {MAX_KEY} characters")
+    return key
 
-    @rpc
-    async def charge(self, amount: Money, card: CreditCard) -> str:
-        """Charge ``amount`` to ``card``; returns the transaction id or raises PaymentDeclined."""
+
+def same_charge(earlier: Transaction, amount: Money) -> str:
+    """The earlier charge's id when ``amount`` is what it charged; Conflict otherwise."""
+    if earlier.amount != amount:
+        raise Conflict(
+            f"idempotency key {earlier.idempotency_key!r} was already used to charge "
+            f"{money.format_money(earlier.amount)}, not {money.format_money(amount)}"
+        )
+    return earlier.transaction_id
+
+
+class Payment(Service):
+    # Every charge, under a key that sorts by time (zero-padded nanoseconds): newest first in reverse.
+    transactions = collection("transactions", Transaction)
+    # The charge made under each idempotency key.
+    charges = collection("charges", Transaction)
+
+    def __init__(self) -> None:
+        # A retry may arrive while its first attempt still runs: the second waits, then finds it.
+        self._charging = KeyedLock()
+
+    # Idempotent since every charge has a key: a call repeated with the same key (a retry after a
+    # timeout or a lost answer, a resubmitted checkout, before or after a restart) gets the charge
+    # the first one committed, waiting for it if it is still running, and charges nothing more.
+    @rpc(idempotent=True)
+    async def charge(self, amount: Money, card: CreditCard, idempotency_key: str) -> str:
+        """Charge ``amount`` to ``card`` once per ``idempotency_key``; returns the transaction id.
+
+        Raises PaymentDeclined (nothing charged), or Conflict when the key was used for another amount.
+        """
         if not money.is_valid(amount) or not money.is_positive(amount):
             raise InvalidArgument("the amount to charge must be a well-formed positive amount")
-        brand = check_card(card, datetime.datetime.now(datetime.UTC).date())
-        transaction = Transaction(f"tx-{uuid.uuid4().hex[:16]}", amount, brand, card_digits(card.number)[-4:])
-        self._transactions.append(transaction)
+        check_idempotency_key(idempotency_key)
+        async with self._charging.hold(idempotency_key):
+            earlier = await self.charges.get(idempotency_key)
+            if earlier is not None:
+                return same_charge(earlier, amount)
+            return await self._charge(amount, card, idempotency_key)
+
+    async def _charge(self, amount: Money, card: CreditCard, idempotency_key: str) -> str:
+        now = datetime.datetime.now(datetime.UTC)
+        brand = check_card(card, now.date())
+        transaction = Transaction(
+            f"tx-{uuid.uuid4().hex[:16]}",
+            amount,
+            brand,
+            card_digits(card.number)[-4:],
+            idempotency_key,
+            now.isoformat(timespec="seconds"),
+        )
+        # Both rows commit with this call, or neither (declined, crashed): no key without its charge.
+        await self.transactions.put(f"{time.time_ns():020d}-{transaction.transaction_id}", transaction)
+        await self.charges.put(idempotency_key, transaction)
         return transaction.transaction_id
 
     @rpc(idempotent=True)
     async def list_transactions(self, limit: int = 50) -> list[Transaction]:
-        """The most recent charges first (kept in memory, bounded): for demos and tests."""
-        return list(reversed(self._transactions))[: max(0, limit)]
+        """The most recent charges first (at most MAX_LISTED): for demos and tests."""
+        newest = await self.transactions.items(limit=max(0, min(limit, MAX_LISTED)), reverse=True)
+        return [transaction for _, transaction in newest]

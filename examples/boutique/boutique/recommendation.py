@@ -24,7 +24,7 @@ def recommend(
 class Recommendation(Service):
     catalog: Catalog
 
-    @rpc(idempotent=True)
+    @rpc(idempotent=True, timeout=0.5)  # a page without suggestions beats a slow page
     async def list_recommendations(
         self, user_id: str, product_ids: list[str], limit: int = DEFAULT_LIMIT
     ) -> list[str]:

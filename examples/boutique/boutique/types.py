@@ -64,6 +64,8 @@ class Transaction(Struct, frozen=True):
     amount: Money
     brand: str
     last_four: str
+    idempotency_key: str = ""  # the caller's key (checkout: the order id)
+    charged_at: str = ""  # ISO 8601, UTC
 
 
 class SentMail(Struct, frozen=True):
@@ -72,17 +74,23 @@ class SentMail(Struct, frozen=True):
     to: str
     subject: str
     body: str  # plain text
-    sent_at: str  # ISO 8601, UTC
+    sent_at: str  # ISO 8601, UTC, to the microsecond
 
 
-class OrderResult(Struct, frozen=True):
+class Order(Struct, frozen=True):
+    """A placed order as checkout keeps it. ``status``: "paid", then "shipped" (with tracking)."""
+
     order_id: str
+    user_id: str
+    status: str
     transaction_id: str
     items: list[OrderItem]
     shipping_cost: Money
     total: Money
     address: Address
     email: str
+    placed_at: str  # ISO 8601, UTC
+    tracking_id: str = ""
 
 
 class OrderPlaced(Event, topic="orders/placed"):
