@@ -4,7 +4,8 @@ Each server runs in its own process under the same uvicorn settings (archipel._d
 callers run in this process. The same call, ``convert(amount: Money, to: str) -> Money``:
 
 - archipel: a real ``python -m archipel._deploy.worker`` serving one service; the caller uses
-  ``HttpTransport.proxy(spec)``, the object a service gets as its dependency in microservices.
+  ``HttpTransport.proxy(spec)`` with the default interceptor chain and policies, the object a
+  service gets as its dependency in microservices.
 - raw: a bare ASGI app + msgspec (the ceiling for a JSON-over-HTTP endpoint in Python), called
   by the minimal client: the same pooled aiohttp session, no extra headers.
 - fastapi: a hand-written FastAPI endpoint with pydantic models, called with httpx (the peer
@@ -166,11 +167,15 @@ def _session() -> aiohttp.ClientSession:
 
 
 async def archipel_client(url: str) -> Client:
+    from archipel._interceptors import default_interceptors
     from archipel._rpc.client import HttpTransport
 
     transport = HttpTransport({"currency": [url]})
     await transport.start()
-    currency: Currency = transport.proxy(app.specs["currency"])
+    # As a worker wires a dependency: the default chain (metrics, deadline, retry, bulkhead,
+    # breaker) with the default policies.
+    chain = default_interceptors(app, endpoints=transport.endpoints)
+    currency: Currency = transport.proxy(app.specs["currency"], caller="bench", interceptors=chain)
 
     async def call() -> Money:
         return await currency.convert(AMOUNT, "USD")
@@ -231,16 +236,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def _wait_up(client: Client, process: subprocess.Popen[bytes]) -> None:
+async def _wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Until the server accepts connections (uvicorn listens once its app has started). Probing
+    with calls instead would open archipel's circuit breaker on the refused connections."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     deadline = time.monotonic() + 30
     while True:
         try:
-            await client.call()
-            return
-        except Exception:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)  # the server is still starting
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return
 
 
 async def measure(
@@ -253,7 +264,7 @@ async def measure(
     process, url = start_server(kind)
     client = await client_factory(url)
     try:
-        await _wait_up(client, process)
+        await _wait_up(url, process)
         for _ in range(min(500, calls)):  # warm up: connections, caches
             await client.call()
         latencies: list[int] = []
