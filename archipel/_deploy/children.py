@@ -1,0 +1,145 @@
+"""The processes of a local cluster: what the supervisor knows of each, the ports they need, the
+order they stop in, and how they are stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._app import App
+
+log = logging.getLogger("archipel.supervisor")
+
+
+class StartupError(RuntimeError):
+    """A process did not become ready. The message carries the end of its output."""
+
+
+class PortInUse(StartupError):
+    """A fixed port is taken: nothing was started."""
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    url: str = ""
+    services: tuple[str, ...] = ()
+    replica: int = 0
+    cwd: str | None = None
+    process: asyncio.subprocess.Process | None = None
+    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
+    restarts: int = 0  # since the supervisor started
+    backoff: int = 0  # crashes in a row: the exponent of the restart delay
+    last_exit: int | None = None  # exit code of the previous process (negative: killed by a signal)
+    since: float | None = None  # wall-clock start of the current process
+    ready: bool = False
+    retired: bool = False
+    pump: asyncio.Task[None] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.replica == 0 else f"{self.name}#{self.replica}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def tail(self) -> str:
+        return "\n".join(self.output)
+
+
+@dataclass
+class BrokerHealth:
+    state: str = "unknown"  # ok, failing, restarting, down (a restart failed)
+    failures: int = 0  # failed probes in a row
+    restarts: int = 0
+    error: str | None = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # As the servers do: a connection of a previous run in TIME_WAIT is no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except (OSError, OverflowError):
+            return False
+    return True
+
+
+def stop_waves(app: App, children: Sequence[Child]) -> list[list[Child]]:
+    """The order to stop processes in, as groups stopped one after the other.
+
+    A process stops after every process that calls it (the edge first). Among the processes free
+    to stop, those without event handlers go first, so what they emit while draining is still
+    handled in this run: consumers stop last. Replicas stop together. Services grouped so that
+    two processes call each other are stopped together.
+    """
+    hosts = {service: child.name for child in children for service in child.services}
+    callers: dict[str, set[str]] = {child.name: set() for child in children}
+    for child in children:
+        for service in child.services:
+            for dependency in app.specs[service].dependencies.values():
+                callee = hosts.get(dependency.__service_name__)
+                if callee is not None and callee != child.name:
+                    callers[callee].add(child.name)
+    consumers = {c.name for c in children if any(app.specs[s].handlers for s in c.services)}
+    remaining = set(callers)
+    waves: list[list[Child]] = []
+    while remaining:
+        free = {name for name in remaining if not callers[name] & remaining} or set(remaining)
+        wave = {name for name in free if name not in consumers} or free
+        waves.append([child for child in children if child.name in wave])
+        remaining -= wave
+    return waves
+
+
+async def kill(child: Child) -> None:
+    """SIGKILL ``child`` now and reap it."""
+    process = child.process
+    if process is None or process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
+
+
+async def terminate(children: list[Child], grace: float) -> None:
+    """SIGTERM ``children`` together; SIGKILL what outlives ``grace``; close their pipes."""
+    running = [c.process for c in children if c.process is not None and c.process.returncode is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    if running:
+        _, pending = await asyncio.wait([asyncio.create_task(p.wait()) for p in running], timeout=grace)
+        if pending:
+            for process in running:
+                if process.returncode is None:
+                    log.warning("pid %s outlived its %.0fs grace: SIGKILL", process.pid, grace)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            await asyncio.gather(*(p.wait() for p in running))
+    for child in children:
+        if child.process is not None and child.process.stdin is not None:
+            child.process.stdin.close()
