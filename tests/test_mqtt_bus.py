@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from archipel._deploy.broker import EmbeddedBroker, parse_broker_url
+from archipel._deploy.broker import EmbeddedBroker
 from archipel._events.bus import Envelope
-from archipel._events.mqtt import MqttBus
+from archipel._events.mqtt import MqttBus, parse_broker_url
 from archipel._model import Event
 
 pytestmark = pytest.mark.timeout(60)

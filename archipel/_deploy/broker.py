@@ -43,11 +43,11 @@ import tempfile
 import threading
 from types import TracebackType
 from typing import Literal
-from urllib.parse import urlsplit
 
 import iotcore
 
-DEFAULT_PORT = 1883
+from .._events.mqtt import DEFAULT_PORT, parse_broker_url
+
 EMBEDDED = "embedded"
 RUMQTTD = "rumqttd"
 BrokerKind = Literal["embedded", "rumqttd", "url"]
@@ -72,18 +72,6 @@ next_connection_delay_ms = 1
     max_payload_size = 1048576
     max_inflight_count = 100
 """
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` -> ``(host, port)``; the port defaults to 1883."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # a port that is not a number or out of range
-        raise ValueError(f"bad broker URL {url!r}: {exc}") from exc
-    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"bad broker URL {url!r}: expected mqtt://host[:port]")
-    return parts.hostname, port if port is not None else DEFAULT_PORT
 
 
 def broker_kind(option: str) -> BrokerKind:

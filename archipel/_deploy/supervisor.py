@@ -31,10 +31,10 @@ import aiohttp
 import msgspec
 
 from .._app import App
-from .._events.mqtt import SESSION_EXPIRY, shared_filter, subscription_id
+from .._events.mqtt import SESSION_EXPIRY, parse_broker_url, shared_filter, subscription_id
 from .._rpc.server import DEFAULT_MAX_BODY
 from .._runtime import DATA_DIR_VAR
-from .broker import EMBEDDED, RUMQTTD, broker_kind, parse_broker_url
+from .broker import EMBEDDED, RUMQTTD, broker_kind
 from .children import (
     BrokerHealth,
     Child,

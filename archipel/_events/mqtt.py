@@ -29,6 +29,7 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import msgspec
 from zmqtt import Message as MqttMessage
@@ -43,7 +44,6 @@ from zmqtt import (
 )
 from zmqtt._internal.packets.publish import Publish
 
-from .._deploy.broker import parse_broker_url
 from .._telemetry.metrics import EVENTS_ACKED
 from .bus import DEAD_PREFIX, Envelope, Handler
 
@@ -75,6 +75,21 @@ class _Route:
     handlers: list[Handler]
     manual_ack: bool
     subscription: Subscription | None = None
+
+
+DEFAULT_PORT = 1883
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` -> ``(host, port)``; the port defaults to 1883."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ValueError(f"bad broker URL {url!r}: {exc}") from exc
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"bad broker URL {url!r}: expected mqtt://host[:port]")
+    return parts.hostname, port if port is not None else DEFAULT_PORT
 
 
 def wire_topic(app: str, topic: str) -> str:
