@@ -16,8 +16,10 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from archipel._deploy.mosquitto import find_mosquitto, mosquitto_command, write_config
+from archipel._deploy.supervisor import free_port
 from archipel._telemetry.metrics import REGISTRY
-from archipel.testing import run_app
+from archipel.testing import Topology, run_app
 from tests.apps.shop import Checkout, Email, Item, Ledger, app
 from tests.conftest import eventually
 
@@ -174,3 +176,40 @@ async def test_an_event_in_flight_when_the_monolith_is_killed_is_handled_once_af
     finally:
         runner.send_signal(signal.SIGINT)
         runner.communicate(timeout=30)
+
+
+async def test_readyz_is_false_while_a_process_cannot_take_events(tmp_path: Path) -> None:
+    """A broker of the test's own, killed and started again on the same port and data."""
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto is installed by scripts/setup.sh"
+    port = free_port()
+    command = mosquitto_command(binary, write_config(tmp_path / "broker", "127.0.0.1", port))
+
+    def start_broker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, cwd=tmp_path / "broker", stderr=subprocess.DEVNULL)
+
+    broker = start_broker()
+    try:
+        async with run_app(app, Topology("microservices", f"mqtt://127.0.0.1:{port}")) as running:
+            readyz = running.url_of("ledger") + "/readyz"
+            async with aiohttp.ClientSession() as session:
+                assert await _status_of(session, readyz) == 200
+                broker.kill()
+                broker.wait(10)
+                await _until_status(session, readyz, 503)  # the consumer lost its broker
+                broker = start_broker()
+                await _until_status(session, readyz, 200)  # reconnected: ready again
+    finally:
+        broker.kill()
+        broker.wait(10)
+
+
+async def _status_of(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+        return response.status
+
+
+async def _until_status(session: aiohttp.ClientSession, url: str, status: int) -> None:
+    async with asyncio.timeout(30):
+        while await _status_of(session, url) != status:
+            await asyncio.sleep(0.05)  # polling the probe
