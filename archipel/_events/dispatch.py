@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import msgspec
 
 from .. import _context
+from .._backoff import backoff_delay
 from .._chain import Interceptor, Invocation, Next, Site, compose
 from .._errors import ArchipelError
 from .._model import HandlerSpec, Service
@@ -145,8 +145,7 @@ class Dispatcher:
         return dispatch
 
     def _backoff(self, attempt: int, give_up_at: float) -> float:
-        delay: float = min(self._max_backoff, self._first_backoff * 2 ** (attempt - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = backoff_delay(attempt, self._first_backoff, self._max_backoff)
         return max(0.0, min(delay, give_up_at - time.monotonic()))
 
     async def _dead_letter(self, envelope: Envelope, handler: str, reason: str, attempts: int) -> None:
@@ -178,7 +177,7 @@ class Dispatcher:
                 await self._publish(dead)
                 return
             except Exception as exc:
-                delay = min(self._max_backoff, self._first_backoff * 2 ** min(attempt, 10))
+                delay = backoff_delay(attempt, self._first_backoff, self._max_backoff)
                 log.error("dead letter for %s not published (%s); again in %.1fs", envelope.id, exc, delay)
                 await asyncio.sleep(delay)
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._backoff import backoff_delay as jittered
 from .._chain import Invocation, Next, Site
 from .._errors import DeadlineExceeded, Unavailable
 from .._telemetry.metrics import CALL_RETRIES
@@ -24,11 +25,8 @@ MAX_BACKOFF = 1.0
 
 
 def backoff_delay(attempt: int, base: float, draw: Callable[[], float] = random.random) -> float:
-    """The pause after failed attempt number ``attempt`` (1-based): ``base`` doubling with each
-    attempt, capped at MAX_BACKOFF, then jittered down to 50-100 % so the callers of one failed
-    replica do not come back in step."""
-    delay: float = min(MAX_BACKOFF, base * 2 ** (attempt - 1))
-    return delay * (0.5 + 0.5 * draw())
+    """A call's pause after failed attempt ``attempt``: capped at MAX_BACKOFF (see ``_backoff``)."""
+    return jittered(attempt, base, MAX_BACKOFF, draw)
 
 
 class Retry:

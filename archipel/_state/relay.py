@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 
+from .._backoff import backoff_delay
 from .._events.bus import Envelope
 from .metrics import OUTBOX_PENDING, OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
 from .records import OutboxRecord
@@ -191,7 +191,8 @@ class OutboxRelay:
                 except Exception as exc:
                     attempt += 1
                     self._failures.inc()
-                    delay = min(self.retry_max, self.retry_initial * 2 ** (attempt - 1))
+                    # Jittered: replicas that failed together do not retry together.
+                    delay = backoff_delay(attempt, self.retry_initial, self.retry_max)
                     if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: logged, not flooded
                         log.warning(
                             "%s: publishing event %s on %s failed (attempt %d, next in %.2fs): %r",
@@ -202,8 +203,7 @@ class OutboxRelay:
                             delay,
                             exc,
                         )
-                    # Full jitter: replicas that failed together do not retry together.
-                    await asyncio.sleep(random.uniform(delay / 2, delay))
+                    await asyncio.sleep(delay)
             self._published.inc()
             self._done.append(record.id)
         finally:

@@ -11,9 +11,7 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
@@ -22,37 +20,16 @@ from boutique.cart import Cart
 from boutique.checkout import Checkout, new_order_id
 from boutique.email import Email
 from boutique.payment import Payment
-from boutique.types import Address, CartItem, CreditCard, Money, Order, OrderPlaced, SentMail, Transaction
+from boutique.types import CartItem, Money, Order, OrderPlaced, SentMail, Transaction
 
 from archipel import Conflict
 from archipel.testing import RunningApp, Topology, run_app
+from tests.boutique.buyer import ADDRESS, GOOD_CARD, checkout_form, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
-T = TypeVar("T")
-ADDRESS = Address("1 Quay Street", "Harbourtown", "", "Norway", "0150")
-GOOD_CARD = CreditCard("4111 1111 1111 1111", "123", 12, 2099)
 BUYER_MAIL = "durable@example.com"
-CHECKOUT_FORM = {
-    "email": BUYER_MAIL,
-    "street_address": "12 Harbour Lane",
-    "zip_code": "PO1 3AX",
-    "city": "Portsmouth",
-    "state": "",
-    "country": "United Kingdom",
-    "card_number": "4111 1111 1111 1111",
-    "card_month": "12",
-    "card_year": "2099",
-    "card_cvv": "123",
-}
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 15.0) -> T:
-    """Poll ``probe`` until ``done`` holds (a handler's effect in another service's store)."""
-    async with asyncio.timeout(within):
-        while not done(value := await probe()):
-            await asyncio.sleep(0.02)
-        return value
+CHECKOUT_FORM = checkout_form(BUYER_MAIL)
 
 
 def new_user(kind: str) -> str:

@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -22,26 +20,16 @@ from boutique.checkout import Checkout, EmptyCart, new_order_id
 from boutique.currency import Currency
 from boutique.email import Email
 from boutique.payment import Payment, PaymentDeclined
-from boutique.types import Address, CartItem, CreditCard, Money, OrderPlaced, OrderShipped
+from boutique.types import CartItem, CreditCard, Money, OrderPlaced, OrderShipped
 
 from archipel import InvalidArgument, NotFound
 from archipel.testing import RunningApp, Topology, run_app
+from tests.boutique.buyer import ADDRESS, GOOD_CARD, checkout_form, eventually
 
 pytestmark = pytest.mark.timeout(90)
 
-T = TypeVar("T")
 REDIS_URL = os.environ.get("BOUTIQUE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-ADDRESS = Address("1 Quay Street", "Harbourtown", "", "Norway", "0150")
-GOOD_CARD = CreditCard("4111 1111 1111 1111", "123", 12, 2099)
 LUHN_FAIL = CreditCard("4111 1111 1111 1112", "123", 12, 2099)
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 10.0) -> T:
-    """Poll ``probe`` until ``done`` holds (state that no event announces, e.g. a handler's effect)."""
-    async with asyncio.timeout(within):
-        while not done(value := await probe()):  # state in another process: poll it
-            await asyncio.sleep(0.02)
-        return value
 
 
 @pytest.fixture
@@ -143,18 +131,7 @@ async def test_refusals_keep_their_class_and_leave_nothing_behind(archipel_topol
         assert len(await payment.list_transactions()) == 1
 
 
-CHECKOUT_FORM = {
-    "email": "web@example.com",
-    "street_address": "12 Harbour Lane",
-    "zip_code": "PO1 3AX",
-    "city": "Portsmouth",
-    "state": "",
-    "country": "United Kingdom",
-    "card_number": "4111 1111 1111 1111",
-    "card_month": "12",
-    "card_year": "2099",
-    "card_cvv": "123",
-}
+CHECKOUT_FORM = checkout_form("web@example.com")
 ORDER_ID_FIELD = re.compile(r'name="order_id" value="([0-9a-f]{16})"')
 
 

@@ -30,16 +30,15 @@ from boutique.cart import Cart
 from boutique.checkout import Checkout, new_order_id
 from boutique.email import Email
 from boutique.payment import Payment
-from boutique.types import Address, CreditCard, Order
+from boutique.types import Order
 
 from archipel import ArchipelError
 from archipel.testing import RunningApp, run_app
+from tests.boutique.buyer import ADDRESS, GOOD_CARD
 
 ORDERS = int(os.environ.get("ARCHIPEL_CHAOS_ORDERS", "30"))
 KILLS = int(os.environ.get("ARCHIPEL_CHAOS_KILLS", "9"))
 VICTIMS = ("email", "shipping", "cart", "payment", "checkout")
-ADDRESS = Address("1 Quay Street", "Harbourtown", "", "Norway", "0150")
-CARD = CreditCard("4111 1111 1111 1111", "123", 12, 2099)
 
 pytestmark = pytest.mark.timeout(60 + 4 * ORDERS + 10 * KILLS)
 
@@ -75,7 +74,7 @@ class Shopper:
         while True:
             try:
                 order = await self.checkout.place_order(
-                    order_id, user, "EUR", ADDRESS, f"{user}@example.org", CARD
+                    order_id, user, "EUR", ADDRESS, f"{user}@example.org", GOOD_CARD
                 )
                 self.accepted.append(order)
                 return
@@ -242,7 +241,7 @@ async def test_the_monolith_killed_under_load_loses_nothing_and_does_nothing_twi
                     user, order_id = f"mono-{number}-{uuid.uuid4().hex[:6]}", new_order_id()
                     await call("cart/add_item", {"user_id": user, "product_id": "tea-towel", "quantity": 1})
                     form = {"order_id": order_id, "user_id": user, "user_currency": "EUR"}
-                    form |= {"address": msgspec.to_builtins(ADDRESS), "card": msgspec.to_builtins(CARD)}
+                    form |= {"address": msgspec.to_builtins(ADDRESS), "card": msgspec.to_builtins(GOOD_CARD)}
                     await call("checkout/place_order", {**form, "email": f"{user}@example.org"})
                     accepted.append(order_id)
 
