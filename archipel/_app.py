@@ -56,6 +56,23 @@ class App:
         """Every event type handled in the app, by topic."""
         return {h.topic: h.event_type for spec in self.specs.values() for h in spec.handlers}
 
+    def emitters(self) -> dict[str, set[str]]:
+        """By topic, the services that declare (``emits=``) an event of that topic."""
+        found: dict[str, set[str]] = {}
+        for spec in self.specs.values():
+            for event_type in spec.emits:
+                found.setdefault(event_type.__topic__, set()).add(spec.name)
+        return found
+
+    def callers_of(self, service: str) -> set[str]:
+        """The services that declare ``service`` as a dependency: by default, the only ones allowed
+        to call its internal methods."""
+        return {
+            spec.name
+            for spec in self.specs.values()
+            if any(dep.__service_name__ == service for dep in spec.dependencies.values())
+        }
+
     def __repr__(self) -> str:
         return f"App({self.name!r}, [{', '.join(self.specs)}])"
 

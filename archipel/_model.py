@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -63,6 +63,8 @@ class Event(msgspec.Struct, metaclass=_EventMeta):
 @dataclass(frozen=True)
 class RpcOptions:
     idempotent: bool = False
+    # Served to anyone; otherwise only to services holding a credential (archipel._security).
+    public: bool = False
     # Resilience policies of the method; None leaves the configured default
     # (archipel._resilience.policies, where configuration overrides them).
     timeout: float | None = None
@@ -90,6 +92,7 @@ def rpc(
     max_timeout: float | None = None,
     retries: int | None = None,
     backoff: float | None = None,
+    public: bool = False,
 ) -> Callable[[F], F]: ...
 def rpc(
     func: F | None = None,
@@ -100,6 +103,7 @@ def rpc(
     max_timeout: float | None = None,
     retries: int | None = None,
     backoff: float | None = None,
+    public: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark an ``async`` method as callable by other services and over ``POST /{service}/{method}``.
 
@@ -109,8 +113,12 @@ def rpc(
     ``timeout`` (seconds a call may take, and the default deadline of a request that sets none),
     ``max_timeout`` (the longest deadline a caller may ask), ``retries`` and ``backoff`` set the
     method's resilience policies; ``[policies.service]`` in the configuration overrides them.
+
+    ``public=True`` serves the method to anyone who reaches the process, in every topology.
+    Otherwise it is internal: only the services that declare this one as a dependency may call it,
+    each call carrying a signed credential, and a monolith does not serve it over HTTP at all.
     """
-    options = RpcOptions(idempotent, timeout, max_timeout, retries, backoff)
+    options = RpcOptions(idempotent, public, timeout, max_timeout, retries, backoff)
 
     def mark(f: F) -> F:
         for key, value in options.policy.items():
@@ -164,17 +172,34 @@ class Service:
     """Base of services. Subclass it, add ``@rpc`` methods, ``@on(Event)`` handlers, and
     dependencies as annotations naming other service classes.
 
-    The optional class keyword ``name=`` sets the service's name on the wire (default: the class
-    name in lower case).
+    Class keywords: ``name=`` sets the service's name on the wire (default: the class name in
+    lower case); ``emits=[OrderPlaced, ...]`` declares the events it publishes. Only declared
+    events may be emitted: the declaration is what the broker's access list and the consumers'
+    check of an event's source are made from.
+
+    The routes of :meth:`asgi_app` are the service's public HTTP surface, served to anyone.
     """
 
     __service_name__: ClassVar[str] = ""
+    __service_emits__: ClassVar[tuple[type[Event], ...]] = ()
     _archipel_emit: Callable[[Event], Awaitable[None]] | None = None
     _archipel_store: Any = None  # the service's state store, set by the runtime (see collection())
 
-    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, name: str | None = None, emits: Sequence[type[Event]] = (), **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         cls.__service_name__ = name or cls.__name__.lower()
+        for event_type in emits:
+            if not (isinstance(event_type, type) and issubclass(event_type, Event)) or not getattr(
+                event_type, "__topic__", ""
+            ):
+                raise DefinitionError(
+                    f"{cls.__name__}: emits= takes Event subclasses with a topic, got {event_type!r}"
+                )
+        # Inherited declarations add up: a subclass emits what its bases emit.
+        inherited = tuple(e for base in cls.__mro__[1:] for e in getattr(base, "__service_emits__", ()))
+        cls.__service_emits__ = tuple(dict.fromkeys((*inherited, *emits)))
 
     async def emit(self, event: Event) -> None:
         """Publish ``event`` to every service that handles its type. Returns once it is handed
@@ -216,6 +241,10 @@ class MethodSpec:
         return f"{self.service}.{self.name}"
 
     @property
+    def public(self) -> bool:
+        return self.options.public
+
+    @property
     def policy(self) -> dict[str, Any]:
         """The resilience policies ``@rpc(...)`` sets on this method, by key."""
         return self.options.policy
@@ -238,6 +267,7 @@ class ServiceSpec:
     cls: type[Service]
     methods: dict[str, MethodSpec] = field(default_factory=dict)
     handlers: tuple[HandlerSpec, ...] = ()
+    emits: tuple[type[Event], ...] = ()
     dependencies: dict[str, type[Service]] = field(default_factory=dict)
     # optional dependencies by service name: method name -> fallback (value or callable)
     optional: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -272,7 +302,7 @@ def describe(cls: type[Service]) -> ServiceSpec:
         for attr, dep in dependencies.items()
         if isinstance(marker := getattr(cls, attr, None), Optional)
     }
-    spec = ServiceSpec(name, cls, methods, tuple(handlers), dependencies, optionals)
+    spec = ServiceSpec(name, cls, methods, tuple(handlers), cls.__service_emits__, dependencies, optionals)
     type.__setattr__(cls, "__archipel_spec__", spec)
     return spec
 

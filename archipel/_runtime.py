@@ -186,11 +186,18 @@ class Runtime:
 
     def _emitter(self, service: str, store: Store) -> Callable[[Event], Awaitable[None]]:
         source = f"/{self.app.name}/{service}"
+        declared = set(self.app.specs[service].emits)
 
         async def emit(event: Event) -> None:
             topic = getattr(type(event), "__topic__", "")
             if not isinstance(event, Event) or not topic:
                 raise TypeError(f"{service}.emit expects an Event with a topic, got {type(event).__name__}")
+            if type(event) not in declared:
+                cls = self.app.specs[service].cls.__name__
+                raise DefinitionError(
+                    f"{cls} emits {type(event).__name__} without declaring it: "
+                    f"class {cls}(Service, emits=[{type(event).__name__}]) (the broker would refuse it)"
+                )
             envelope = Envelope(
                 topic=topic,
                 type=type(event).__name__,

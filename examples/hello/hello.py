@@ -63,7 +63,7 @@ class Names(Service):
         return " ".join(part.capitalize() for part in name.split()) or "Stranger"
 
 
-class Greeter(Service):
+class Greeter(Service, emits=[Greeted]):
     """Calls ``Names`` synchronously, then announces the greeting asynchronously."""
 
     # A dependency is declared as an annotation, never constructed here. At start-up the runtime

@@ -20,7 +20,7 @@ class Placed(Event, topic="orders/placed"):
     units: int
 
 
-class Orders(Service):
+class Orders(Service, emits=[Placed]):
     orders = collection("orders", Order)
 
     @rpc

@@ -36,7 +36,7 @@ class Currency(Service):
         return Money(to, amount.units * RATES[to] // RATES[amount.currency])
 
 
-class Checkout(Service):
+class Checkout(Service, emits=[OrderPlaced]):
     currency: Currency
 
     def __init__(self) -> None:

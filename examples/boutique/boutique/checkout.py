@@ -65,7 +65,7 @@ def history_key(user_id: str, order_id: str) -> str:
     return f"{user_prefix(user_id)}{time.time_ns():020d}-{order_id}"
 
 
-class Checkout(Service):
+class Checkout(Service, emits=[OrderPlaced]):
     cart: Cart
     catalog: Catalog
     currency: Currency

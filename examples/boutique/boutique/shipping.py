@@ -41,7 +41,7 @@ def tracking_id(address: Address, items: list[CartItem], order_id: str = "") -> 
     return f"{digits[:2]}-{digits[2:7]}-{digits[7:16]}"
 
 
-class Shipping(Service):
+class Shipping(Service, emits=[OrderShipped]):
     @rpc(idempotent=True)
     async def get_quote(self, address: Address, items: list[CartItem]) -> Money:
         check_address(address)

@@ -1,0 +1,1 @@
+"""Who may do what: the deployment's secret, per-edge call credentials, broker logins."""
