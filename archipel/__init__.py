@@ -15,8 +15,10 @@ from ._errors import (
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     RemoteError,
     TooManyRequests,
+    Unauthenticated,
     Unavailable,
 )
 from ._model import Event, Service, on, optional, rpc
@@ -36,10 +38,12 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RemoteError",
     "Service",
     "Struct",
     "TooManyRequests",
+    "Unauthenticated",
     "Unavailable",
     "__version__",
     "collection",

@@ -39,6 +39,20 @@ class BadRequest(ArchipelError):
     status = 400
 
 
+class Unauthenticated(ArchipelError):
+    """The call carries no valid credential (missing, forged, expired, or for another service)."""
+
+    kind = "unauthenticated"
+    status = 401
+
+
+class PermissionDenied(ArchipelError):
+    """The caller is known but may not call this method (not a declared dependency)."""
+
+    kind = "permission_denied"
+    status = 403
+
+
 class NotFound(ArchipelError):
     kind = "not_found"
     status = 404

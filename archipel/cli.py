@@ -25,10 +25,13 @@ from ._events.commands import events
 from ._loader import AppNotFound, load_app
 from ._model import Service
 from ._resilience.policies import Policies
+from ._rpc.commands import call, token
 from ._rpc.openapi import openapi_document
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(events, name="events")
+cli.command()(call)
+cli.command()(token)
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
@@ -110,6 +113,8 @@ def run(
             broker_port=broker_port,
             state_file=state_dir / STATE_FILE,
             policies=settings.policies,
+            authenticate=settings.authenticate,
+            open_endpoints=settings.open_endpoints,
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -58,10 +58,11 @@ def child(supervisor: Supervisor, name: str, replica: int = 0) -> Child:
     return next(c for c in supervisor.children if c.name == name and c.replica == replica)
 
 
-async def call(url: str, path: str, **arguments: Any) -> Any:
+async def call(url: str, path: str, headers: dict[str, str] | None = None, **arguments: Any) -> Any:
+    timeout = aiohttp.ClientTimeout(total=10)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{url}/{path}", json=arguments, timeout=aiohttp.ClientTimeout(total=10)) as response,
+        session.post(f"{url}/{path}", json=arguments, headers=headers, timeout=timeout) as response,
     ):
         body = await response.json()
         assert response.status == 200, body
@@ -76,9 +77,10 @@ async def place_order(supervisor: Supervisor, user: str, quantity: int = 1) -> s
     return order
 
 
-async def recorded(url: str, order: str) -> int | None:
+async def recorded(supervisor: Supervisor, url: str, order: str) -> int | None:
     """The ledger's total for ``order`` (None until the event reached it)."""
-    total: int | None = await call(url, "ledger/total_of", order_id=order)
+    headers = supervisor.auth_headers("ledger")  # an internal method: the operator asks
+    total: int | None = await call(url, "ledger/total_of", headers, order_id=order)
     return total
 
 
@@ -94,7 +96,7 @@ async def test_events_published_while_a_consumer_is_killed_reach_it_after_its_re
         assert supervisor.broker_kind == "mosquitto" and supervisor.durable
         ledger = child(supervisor, "ledger")
         first = await place_order(supervisor, "u0")
-        assert await eventually(lambda: recorded(ledger.url, first)) == 10
+        assert await eventually(lambda: recorded(supervisor, ledger.url, first)) == 10
         old_pid = ledger.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
@@ -107,7 +109,7 @@ async def test_events_published_while_a_consumer_is_killed_reach_it_after_its_re
         assert not ledger.running, "the orders must be placed while the consumer is down"
         await restarted(supervisor, ledger, old_pid)
         for i, order in enumerate(orders, start=1):
-            assert await eventually(lambda order=order: recorded(ledger.url, order)) == 10 * i
+            assert await eventually(lambda order=order: recorded(supervisor, ledger.url, order)) == 10 * i
         assert ledger.last_exit == -signal.SIGKILL and ledger.restarts == 1
 
 
@@ -178,7 +180,7 @@ async def test_the_watchdog_restarts_a_failed_broker_and_clients_reconnect(
     async with cluster(tmp_path, probe_interval=0.3) as supervisor:
         ledger = child(supervisor, "ledger")
         first = await place_order(supervisor, "u0")
-        assert await eventually(lambda: recorded(ledger.url, first)) == 10
+        assert await eventually(lambda: recorded(supervisor, ledger.url, first)) == 10
         broker = supervisor.broker
         assert broker is not None and broker.pid is not None
         old_pid = broker.pid
@@ -192,7 +194,7 @@ async def test_the_watchdog_restarts_a_failed_broker_and_clients_reconnect(
         await eventually(back, timeout=15)
         assert supervisor.health.restarts == 1
         order = await place_order(supervisor, "u1", 3)  # checkout's client reconnected to publish
-        assert await eventually(lambda: recorded(ledger.url, order), timeout=15) == 30
+        assert await eventually(lambda: recorded(supervisor, ledger.url, order), timeout=15) == 30
         assert not any(c.restarts for c in supervisor.children)  # no service restarted for it
 
 
@@ -217,11 +219,17 @@ async def test_two_deployments_on_one_broker_share_nothing(
         ):
             # Same app, same process names: only the deployment tells their client ids apart.
             placed = {"blue": await place_order(blue, "u1"), "green": await place_order(green, "u2")}
-            ledgers = {"blue": child(blue, "ledger").url, "green": child(green, "ledger").url}
+            clusters = {"blue": blue, "green": green}
+            ledgers = {name: child(cluster, "ledger").url for name, cluster in clusters.items()}
             for name, order in placed.items():
-                assert await eventually(lambda url=ledgers[name], order=order: recorded(url, order)) == 10
-            assert await recorded(ledgers["green"], placed["blue"]) is None
-            assert await recorded(ledgers["blue"], placed["green"]) is None
+                assert (
+                    await eventually(
+                        lambda name=name, order=order: recorded(clusters[name], ledgers[name], order)
+                    )
+                    == 10
+                )
+            assert await recorded(green, ledgers["green"], placed["blue"]) is None
+            assert await recorded(blue, ledgers["blue"], placed["green"]) is None
     finally:
         for observer in observers:
             await observer.stop()
@@ -235,7 +243,7 @@ async def test_a_retired_replica_ends_its_session_so_no_share_is_stranded(tmp_pa
         assert retired not in supervisor.children and not retired.running
         orders = [await place_order(supervisor, f"u{i}") for i in range(10)]
         for order in orders:  # Mosquitto would queue about half of them for an idle session
-            assert await eventually(lambda order=order: recorded(kept.url, order)) == 10
+            assert await eventually(lambda order=order: recorded(supervisor, kept.url, order)) == 10
 
 
 async def test_without_mosquitto_the_embedded_broker_falls_back_to_rumqttd_with_a_warning(

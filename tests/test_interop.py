@@ -59,8 +59,25 @@ async def test_plain_mqtt_client_receives_event_with_cloudevents_properties(
 
 
 @pytest.mark.parametrize("mode", ["monolith", "microservices"])
-async def test_curl_calls_an_rpc(mode: str) -> None:
+async def test_curl_calls_a_public_rpc(mode: str) -> None:
     async with run_app(app, mode) as running:
+        command = [
+            "curl",
+            "-s",
+            "-X",
+            "POST",
+            f"{running.url_of('checkout')}/checkout/echo",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"value": {"a": 21}}',
+        ]
+        result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=10)
+    assert json.loads(result.stdout) == {"a": 21}
+
+
+async def test_curl_calls_an_internal_rpc_with_the_operator_credential() -> None:
+    async with run_app(app, "microservices") as running:
         command = [
             "curl",
             "-s",
@@ -69,6 +86,8 @@ async def test_curl_calls_an_rpc(mode: str) -> None:
             f"{running.url_of('currency')}/currency/convert",
             "-H",
             "content-type: application/json",
+            "-H",
+            f"authorization: {running.auth_headers('currency')['authorization']}",
             "-d",
             '{"amount": {"currency": "EUR", "units": 21}, "to": "USD"}',
         ]

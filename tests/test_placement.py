@@ -37,11 +37,11 @@ def test_bad_placement_is_named(groups: dict[str, list[str]], replicas: dict[str
         plan(app, "microservices", groups, replicas)
 
 
-async def recorded_by(url: str, order: str) -> bool:
+async def recorded_by(url: str, order: str, headers: dict[str, str]) -> bool:
     """Whether the ledger replica at ``url`` recorded ``order`` (asked directly, not round-robin)."""
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"{url}/ledger/total_of", json={"order_id": order}) as r,
+        http.post(f"{url}/ledger/total_of", json={"order_id": order}, headers=headers) as r,
     ):
         return await r.json() is not None
 
@@ -64,7 +64,8 @@ async def test_grouped_services_share_a_process_and_replicas_share_events(
         assert len(urls) == 2
 
         async def owners() -> list[list[bool]] | None:
-            seen = [[await recorded_by(url, order) for url in urls] for order in orders]
+            operator = running.auth_headers("ledger")
+            seen = [[await recorded_by(url, order, operator) for url in urls] for order in orders]
             return seen if all(any(row) for row in seen) else None
 
         seen = await eventually(owners)

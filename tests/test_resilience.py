@@ -37,7 +37,7 @@ from archipel._resilience.logs import LimitedLog
 from archipel._resilience.policies import Policies, Policy, PolicyError
 from archipel._resilience.retry import MAX_BACKOFF, Retry, backoff_delay
 from archipel._telemetry.metrics import REGISTRY
-from archipel.testing import run_app
+from archipel.testing import RunningApp, run_app
 from tests.apps.resilient import Backend, Extras, Page, Portal, Relay, app
 from tests.conftest import eventually
 
@@ -362,8 +362,8 @@ async def post(
         return response.status, await response.json(content_type=None)
 
 
-async def pid_at(http: aiohttp.ClientSession, base: str) -> int:
-    status, pid = await post(http, f"{base}/backend/whoami", {})
+async def pid_at(http: aiohttp.ClientSession, base: str, running: RunningApp) -> int:
+    status, pid = await post(http, f"{base}/backend/whoami", {}, **running.auth_headers("backend"))
     assert status == 200
     return int(pid)
 
@@ -380,9 +380,9 @@ async def refused(base: str) -> bool | None:
 
 
 async def scrape(
-    http: aiohttp.ClientSession, base: str
+    http: aiohttp.ClientSession, base: str, headers: dict[str, str]
 ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    async with http.get(f"{base}/metrics") as response:
+    async with http.get(f"{base}/metrics", headers=headers) as response:
         text = await response.text()
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -414,8 +414,8 @@ class Frozen:
 async def test_calls_to_a_killed_replica_go_to_the_other_one(http: aiohttp.ClientSession) -> None:
     async with run_app(app, "microservices", replicas={"backend": 2}) as running:
         urls = running.urls_of("backend")
-        killed, survivor = [await pid_at(http, url) for url in urls]
-        retries = sample("archipel_call_retries_total", caller="", service="backend", method="record")
+        killed, survivor = [await pid_at(http, url, running) for url in urls]
+        retries = sample("archipel_call_retries_total", caller="operator", service="backend", method="record")
         os.kill(killed, signal.SIGKILL)
         await eventually(lambda: refused(urls[0]))
         backend = running.client(Backend)  # its first call goes to the killed replica
@@ -423,15 +423,19 @@ async def test_calls_to_a_killed_replica_go_to_the_other_one(http: aiohttp.Clien
         answered = [await backend.record(key) for key in keys]  # not idempotent: never sent, so sent again
         answered += [await backend.whoami() for _ in range(10)]
         assert killed not in answered and survivor in answered
-        assert sample("archipel_call_retries_total", caller="", service="backend", method="record") > retries
+        assert (
+            sample("archipel_call_retries_total", caller="operator", service="backend", method="record")
+            > retries
+        )
         for key in keys:  # each order recorded exactly once, wherever it went
-            assert sum([await recorded(http, url, key) for url in urls]) == 1, key
+            assert sum([await recorded(http, url, key, running) for url in urls]) == 1, key
 
 
-async def recorded(http: aiohttp.ClientSession, base: str, key: str) -> int:
+async def recorded(http: aiohttp.ClientSession, base: str, key: str, running: RunningApp) -> int:
     """How many times the replica at ``base`` recorded ``key`` (0 when it is down)."""
     try:
-        status, count = await post(http, f"{base}/backend/times_recorded", {"key": key})
+        operator = running.auth_headers("backend")
+        status, count = await post(http, f"{base}/backend/times_recorded", {"key": key}, **operator)
     except aiohttp.ClientConnectorError:
         return 0
     assert status == 200
@@ -444,7 +448,7 @@ async def test_a_frozen_replica_opens_its_breaker_and_calls_go_to_the_other_one(
     policies = {"backend": {"timeout": 0.5, "breaker_failures": 2, "breaker_cooldown": 60}}
     async with run_app(app, "microservices", replicas={"backend": 2}, policies=policies) as running:
         urls = running.urls_of("backend")
-        frozen, healthy = [await pid_at(http, url) for url in urls]
+        frozen, healthy = [await pid_at(http, url, running) for url in urls]
         backend = running.client(Backend)
         with Frozen(frozen):
             outcomes: list[object] = []
@@ -467,7 +471,7 @@ async def test_with_every_replica_frozen_calls_fail_fast_then_recover_after_the_
     policies = {"backend": {"timeout": 0.3, "breaker_failures": 2, "breaker_cooldown": 1.0}}
     async with run_app(app, "microservices", policies=policies) as running:
         [url] = running.urls_of("backend")
-        pid = await pid_at(http, url)
+        pid = await pid_at(http, url, running)
         backend = running.client(Backend)
         with Frozen(pid):
             for _ in range(2):
@@ -516,7 +520,9 @@ async def test_servers_cap_the_deadline_asked_and_default_when_none_is(http: aio
 
         async def nap(method: str, key: str, **headers: str) -> float:
             started = time.monotonic()
-            status, body = await post(http, f"{base}/backend/{method}", {"key": key, "seconds": 5}, **headers)
+            arguments = {"key": key, "seconds": 5}
+            operator = running.auth_headers("backend")
+            status, body = await post(http, f"{base}/backend/{method}", arguments, **operator, **headers)
             assert status == 504 and body["error"]["kind"] == "deadline_exceeded"
             return time.monotonic() - started
 
@@ -533,7 +539,7 @@ async def test_servers_cap_the_deadline_asked_and_default_when_none_is(http: aio
 async def test_bulkhead_refuses_calls_over_the_cap_without_sending_them() -> None:
     async with run_app(app, "microservices", policies={"backend": {"max_concurrent": 2}}) as running:
         backend = running.client(Backend)
-        labels = {"caller": "", "service": "backend", "method": "nap", "policy": "bulkhead"}
+        labels = {"caller": "operator", "service": "backend", "method": "nap", "policy": "bulkhead"}
         rejected = sample("archipel_call_rejections_total", **labels)
         results = await asyncio.gather(
             *(backend.nap(f"bulkhead-{n}", 1.0) for n in range(6)), return_exceptions=True
@@ -565,7 +571,7 @@ async def test_an_optional_dependency_frozen_answers_with_fallbacks(http: aiohtt
                 times.append(time.monotonic() - started)
             assert 1 <= sum(t >= 0.3 for t in times) <= 2  # waited out the timeout until the breaker opened
             assert all(t < 0.3 for t in times[-5:])  # then no waiting at all
-            metrics = await scrape(http, running.url_of("portal"))
+            metrics = await scrape(http, running.url_of("portal"), running.auth_headers("portal"))
 
         def metric(name: str, **labels: str) -> float:
             return metrics.get((name, frozenset(labels.items())), 0.0)
@@ -632,10 +638,12 @@ def test_policies_from_archipel_toml_reach_the_workers(tmp_path: Path) -> None:
     try:
         status = _wait_for_state(tmp_path / "state" / "state.json", runner)
         [url] = [p["url"] for p in status["processes"] if "backend" in p["services"]]
+        credential = archipel(tmp_path, "token", "backend", "--state-dir", str(tmp_path / "state"))
+        assert credential.returncode == 0, credential.stderr
         request = urllib.request.Request(
             f"{url}/backend/nap",
             data=b'{"key": "k", "seconds": 5}',
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "authorization": credential.stdout.strip()},
         )
         started = time.monotonic()
         with pytest.raises(urllib.error.HTTPError) as caught:

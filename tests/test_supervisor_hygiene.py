@@ -222,6 +222,7 @@ def test_a_worker_exits_when_the_pipe_from_its_supervisor_closes(tmp_path: Path)
             ENV_VAR: msgspec.json.encode(spec).decode(),
             DATA_DIR_VAR: str(tmp_path),
             "PYTHONPATH": str(ROOT),
+            "ARCHIPEL_SECRET": "a-secret-for-this-test-only-0123456789",
         },
         stdin=subprocess.PIPE,
     )

@@ -55,12 +55,15 @@ async def test_wire_errors(archipel_topology: Topology) -> None:
         assert status == 413 and body["error"]["kind"] == "payload_too_large"
 
         status, body = await post(http, f"{base}/checkout/boom", b'{"message": "kaput"}')
-        assert status == 500 and body["error"] == {
-            "kind": "ValueError",
-            "message": "kaput",
+        error_id = body["error"]["details"]["error_id"]
+        assert status == 500 and body["error"] == {  # nothing of the exception leaks
+            "kind": "internal",
+            "message": f"internal error in checkout.boom; error id {error_id} in the service's log",
             "service": "checkout",
             "method": "boom",
+            "details": {"error_id": error_id},
         }
+        assert "kaput" not in str(body) and "ValueError" not in str(body)
 
         status, body = await post(
             http, f"{base}/checkout/place_order", b'{"user_id": "u", "email": "e", "items": []}'
@@ -76,12 +79,19 @@ async def test_wire_errors(archipel_topology: Topology) -> None:
         assert (status, body) == (200, {"a": 1})
 
         async with http.get(f"{base}/checkout/echo") as response:
-            assert response.status == 405
+            assert response.status == 405 and response.headers["allow"] == "POST"
 
-        for probe in ("/healthz", "/readyz", "/openapi.json", "/metrics"):
+        for probe in ("/healthz", "/readyz"):
             async with http.get(base + probe) as response:
                 assert response.status == 200, probe
-        async with http.get(base + "/metrics") as response:
+        operator = running.auth_headers("checkout")
+        for probe in ("/openapi.json", "/metrics"):  # not for anyone: the operator's credential
+            async with http.get(base + probe) as response:
+                assert response.status == 401, probe
+                assert response.headers["www-authenticate"].startswith("Bearer")
+            async with http.get(base + probe, headers=operator) as response:
+                assert response.status == 200, probe
+        async with http.get(base + "/metrics", headers=operator) as response:
             assert (
                 'archipel_rpc_requests_total{method="boom",service="checkout",status="500"}'
                 in await response.text()
@@ -99,8 +109,8 @@ async def test_errors_keep_their_class_in_the_caller(archipel_topology: Topology
         if archipel_topology.mode == "microservices":
             with pytest.raises(RemoteError) as caught:
                 await checkout.boom("kaput")
-            assert (caught.value.remote_kind, caught.value.http_status) == ("ValueError", 500)
-            assert str(caught.value) == "checkout.boom failed (500 ValueError): kaput"
+            assert (caught.value.remote_kind, caught.value.http_status) == ("internal", 500)
+            assert "kaput" not in str(caught.value)  # the detail stays in the callee's log
         else:
             with pytest.raises(ValueError, match="kaput"):
                 await checkout.boom("kaput")

@@ -13,6 +13,8 @@
     storefront = ["frontend", "catalog"]
     [replicas]                    # processes per group or service
     checkout = 2
+    open_endpoints = ["metrics"]  # served without a credential: "metrics", "openapi" (default none)
+    authenticate = true           # false serves internal methods to anyone: development only
     [policies]                    # resilience policies (archipel._resilience.policies)
     timeout = 5.0
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -38,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     replicas: dict[str, int] = msgspec.field(default_factory=dict)
     # resilience policies, checked against the app by archipel._resilience.policies
     policies: dict[str, Any] = msgspec.field(default_factory=dict)
+    open_endpoints: list[Literal["metrics", "openapi"]] = msgspec.field(default_factory=list)
+    authenticate: bool = True
     source: str | None = None  # the file the settings came from
 
 

@@ -23,7 +23,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ from .._app import App
 from .._events.mqtt import SESSION_EXPIRY, parse_broker_url, shared_filter, subscription_id
 from .._rpc.server import DEFAULT_MAX_BODY
 from .._runtime import DATA_DIR_VAR
+from .._security.keyring import KEYRING_VAR, OPERATOR, Keyring, keyring_for
+from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
+from .._security.tokens import Signer
 from .broker import EMBEDDED, RUMQTTD, broker_kind
 from .children import (
     BrokerHealth,
@@ -98,12 +101,19 @@ class Supervisor:
         restart_delay: float = 0.2,
         probe_interval: float = PROBE_INTERVAL,
         probe_failures: int = PROBE_FAILURES,
+        authenticate: bool = True,
+        open_endpoints: Sequence[str] = (),
     ) -> None:
         """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
         and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
         data directory: the services' stores, and the embedded broker's files under ``broker/``.
         ``grace``: seconds each process may take to stop; workers get a third of it to drain
-        requests and as much for event handlers."""
+        requests and as much for event handlers.
+
+        The deployment's secret comes from ``ARCHIPEL_SECRET``/``ARCHIPEL_SECRET_FILE`` (in ``env``
+        or the environment), else from ``secret`` in the data directory, made on first start. Each
+        process gets its own keyring, never the secret. ``authenticate=False`` serves internal
+        methods to anyone (development only); ``open_endpoints`` opens /metrics or /openapi.json."""
         self.app_ref, self.app, self.plans, self.mode = app_ref, app, plans, mode
         self.deployment = deployment or app.name
         if not _NAME.match(self.deployment):
@@ -122,6 +132,14 @@ class Supervisor:
             **(env or {}),
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
+        # The secret stays here: children get their keyrings (see _plan_children), not the secret.
+        self._given_secrets = load_secrets(self._env)
+        self._stored_secrets: list[bytes] | None = None
+        for name in (SECRET_VAR, SECRET_FILE_VAR, KEYRING_VAR):
+            self._env.pop(name, None)
+        self._authenticate = authenticate
+        self._operator: Signer | None = None
+        self._open_endpoints = list(open_endpoints)
         self._echo = echo
         self._restart = restart
         self._restart_delay = restart_delay
@@ -151,6 +169,30 @@ class Supervisor:
     @property
     def durable(self) -> bool:
         return self._durable
+
+    @property
+    def _secrets(self) -> list[bytes]:
+        """The deployment's secrets: given, else the one kept in the data directory, made on
+        first use (after the start-up checks, so a refused start leaves no data directory)."""
+        if self._given_secrets:
+            return self._given_secrets
+        if self._stored_secrets is None:
+            self._stored_secrets = [stored_secret(self.data_dir).encode()]
+        return self._stored_secrets
+
+    def operator_keyring(self) -> Keyring:
+        """Keys to call any service of this deployment as the operator (tools and tests)."""
+        return keyring_for(self.app, self.deployment, OPERATOR, (), self._secrets, operator=True)
+
+    def auth_headers(self, service: str) -> dict[str, str]:
+        """The operator's credential for ``service``: its internal methods, and /metrics and
+        /openapi.json of the processes hosting it."""
+        if self._operator is None:
+            self._operator = Signer(self.operator_keyring())
+        header = self._operator.header(OPERATOR, service)
+        if header is None:
+            raise KeyError(f"app {self.app.name!r} has no service {service!r}")
+        return {"authorization": header}
 
     def _choose_broker(self, option: str | None) -> str | None:
         """``"mosquitto"``, ``"rumqttd"`` (ours to run), ``"url"`` (external) or None (no broker)."""
@@ -309,8 +351,18 @@ class Supervisor:
                     deployment=self.deployment,
                     drain=self._grace / 3,
                     supervisor_pid=os.getpid(),
+                    internal=self.mode == "microservices",
+                    authenticate=self._authenticate,
+                    open_endpoints=self._open_endpoints,
                 )
-                env = {**self._env, ENV_VAR: msgspec.json.encode(spec).decode()}
+                keyring = keyring_for(
+                    self.app, self.deployment, process.name, process.services, self._secrets
+                )
+                env = {
+                    **self._env,
+                    ENV_VAR: msgspec.json.encode(spec).decode(),
+                    KEYRING_VAR: msgspec.json.encode(keyring).decode(),
+                }
                 self.children.append(
                     Child(
                         process.name,
@@ -598,7 +650,7 @@ class Supervisor:
             "broker_restarts": self.health.restarts,
             "broker_error": self.health.error,
             "durable_sessions": self._durable if self.broker_kind else None,
-            "data_dir": str(self.data_dir) if self.broker_kind == "mosquitto" else None,
+            "data_dir": str(self.data_dir),
             "supervisor_pid": os.getpid(),
             "supervisor_started": process_start(os.getpid()),
             "updated": time.time(),

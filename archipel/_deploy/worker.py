@@ -28,6 +28,9 @@ from .._resilience.policies import Policies
 from .._rpc.client import HttpTransport
 from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
 from .._runtime import Runtime
+from .._security.keyring import KEYRING_VAR, Keyring, process_keyring
+from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError
+from .._security.tokens import Signer, Verifier
 from .hygiene import exit_with_parent, set_parent_death_signal
 
 ENV_VAR = "ARCHIPEL_WORKER"
@@ -49,6 +52,13 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     deployment: str = ""  # MQTT topic root and client-id prefix; "" means the app's name
     drain: float = 5.0  # seconds for requests in progress, then as much for running event handlers
     supervisor_pid: int = 0  # when set, exit as soon as this parent is gone (see _deploy.hygiene)
+    internal: bool = True  # serve internal methods (to callers with a credential); a monolith does not
+    authenticate: bool = True  # False serves internal methods to anyone: development only
+    open_endpoints: list[str] = msgspec.field(default_factory=list)  # of _rpc.server.OBSERVABLE
+
+
+class InsecureConfiguration(DefinitionError):
+    """A process would serve internal methods without a way to check its callers."""
 
 
 def client_id(deployment: str, process: str, replica: int) -> str:
@@ -56,15 +66,23 @@ def client_id(deployment: str, process: str, replica: int) -> str:
     return f"{deployment}-{process}-{replica}"
 
 
-def build_server(app: App, spec: WorkerSpec) -> RpcServer:
-    """The ASGI app of one process: runtime, event bus and remote transport chosen by ``spec``."""
+def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> RpcServer:
+    """The ASGI app of one process: runtime, event bus and remote transport chosen by ``spec``;
+    credentials from ``keyring``, else from the environment (``_security.keyring``)."""
+    deployment = spec.deployment or app.name
+    if keyring is None:
+        keyring = process_keyring(app, deployment, spec.name, spec.services)
+    if keyring is None and spec.internal and spec.authenticate and not _nothing_internal(app, spec):
+        raise InsecureConfiguration(
+            f"process {spec.name!r} serves internal methods but has no credentials to check its callers: "
+            f"set {SECRET_VAR} (or {SECRET_FILE_VAR}) to the deployment's secret"
+        )
     bus: EventBus
     if spec.broker is None:
         bus = LocalBus()
     else:
         from .._events.mqtt import MqttBus
 
-        deployment = spec.deployment or app.name
         bus = MqttBus(
             spec.broker,
             deployment,
@@ -72,7 +90,7 @@ def build_server(app: App, spec: WorkerSpec) -> RpcServer:
             durable=spec.durable,
             drain_timeout=spec.drain,
         )
-    transport = HttpTransport(spec.peers)
+    transport = HttpTransport(spec.peers, signer=Signer(keyring) if keyring is not None else None)
     policies = Policies.from_config(spec.policies, app)
     runtime = Runtime(
         app,
@@ -83,7 +101,19 @@ def build_server(app: App, spec: WorkerSpec) -> RpcServer:
         interceptors=default_interceptors(app, policies, endpoints=transport.endpoints),
         instance=f"{spec.name}.{spec.replica}",  # stable across restarts: takes back its outbox leases
     )
-    return RpcServer(runtime, max_body=spec.max_body, on_startup=transport.start, on_shutdown=transport.close)
+    return RpcServer(
+        runtime,
+        max_body=spec.max_body,
+        on_startup=transport.start,
+        on_shutdown=transport.close,
+        verifier=Verifier(keyring) if keyring is not None and spec.authenticate else None,
+        internal=spec.internal,
+        open_endpoints=tuple(spec.open_endpoints),
+    )
+
+
+def _nothing_internal(app: App, spec: WorkerSpec) -> bool:
+    return all(m.public for name in spec.services for m in app.specs[name].methods.values())
 
 
 def uvicorn_config(server: RpcServer, host: str, port: int, drain: float = 5.0) -> uvicorn.Config:
@@ -110,9 +140,11 @@ def main() -> None:
         app = load_app(spec.app)
         app.validate()
         server = build_server(app, spec)
+        # Read once: the services' code, and what it may spawn, need not see the keys.
+        os.environ.pop(KEYRING_VAR, None)
     except (KeyError, msgspec.DecodeError) as exc:
         sys.exit(f"archipel worker: missing or invalid {ENV_VAR}: {exc}")
-    except (AppNotFound, DefinitionError) as exc:
+    except (AppNotFound, DefinitionError, SecretError) as exc:
         sys.exit(f"archipel worker: {exc}")
     uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain))
     asyncio.run(uv.serve())

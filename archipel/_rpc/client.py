@@ -17,6 +17,7 @@ from .._chain import Interceptor, Invocation, Next, Site, compose
 from .._errors import ArchipelError, DeadlineExceeded, RemoteError, Unavailable, declared_error
 from .._model import MethodSpec, ServiceSpec
 from .._proxy import make_proxy
+from .._security.tokens import Signer
 
 DEFAULT_TIMEOUT = 30.0  # only when no deadline interceptor set one
 # Below uvicorn's keep-alive (5 s): the client drops an idle connection before the server
@@ -53,12 +54,14 @@ class HttpTransport:
         timeout: float = DEFAULT_TIMEOUT,
         pool_size: int = 100,
         keepalive: float = KEEPALIVE,
+        signer: Signer | None = None,
     ) -> None:
         self._replicas: dict[str, list[str]] = {name: list(u) for name, u in urls.items() if u}
         self._turns: dict[str, Iterator[int]] = {name: itertools.count() for name in self._replicas}
         self._timeout = timeout
         self._pool_size = pool_size
         self._keepalive = keepalive
+        self._signer = signer  # credentials of the calls (None: unsigned, for open servers)
         self._session: aiohttp.ClientSession | None = None
 
     def endpoints(self, service: str) -> list[str]:
@@ -130,6 +133,10 @@ class HttpTransport:
             _context.TRACEPARENT: _context.child_traceparent(),
             _context.TIMEOUT_HEADER: str(max(1, int(timeout * 1000))),
         }
+        if self._signer is not None:
+            credential = self._signer.header(invocation.site.caller, spec.service)
+            if credential is not None:
+                headers["authorization"] = credential
         body = msgspec.json.encode(invocation.arguments)
         url = base + path
         try:

@@ -1,6 +1,15 @@
 """The ASGI app every process serves: the RPC endpoints of its services, health, OpenAPI,
 metrics, and the services' own public routes.
 
+What is open to whom (docs/security.md):
+
+- public routes (a service's ``asgi_app``) and ``@rpc(public=True)`` methods: anyone;
+- internal methods: only callers with a valid credential for that service (``_security``),
+  checked before the body is read; a server built with ``internal=False`` (a monolith) does not
+  serve them at all;
+- ``/metrics`` and ``/openapi.json``: the scrape token or an operator credential, unless opened;
+- ``/healthz`` and ``/readyz``: anyone (orchestrators' probes).
+
 Written against raw ASGI with msgspec, because the internal RPC endpoint is on every hop's
 hot path (measured: a framework costs 2-4.5x the server CPU of raw ASGI; ADR 0001).
 """
@@ -10,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +29,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import _context
 from .._chain import Invocation, Next, Site, compose
-from .._errors import ArchipelError, DefinitionError
+from .._errors import ArchipelError, DefinitionError, Unauthenticated
 from .._model import MethodSpec
 from .._runtime import Runtime
+from .._security.tokens import Verifier
 from .._telemetry.metrics import REGISTRY, RPC_REQUESTS
 from .openapi import openapi_document
 
@@ -34,7 +45,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1 << 20
+OBSERVABLE = ("metrics", "openapi")  # endpoints that can be opened to anyone (``open_endpoints``)
 _JSON = [(b"content-type", b"application/json")]
+_CHALLENGE = [*_JSON, (b"www-authenticate", b'Bearer realm="archipel"')]
+_ALLOW_POST = [*_JSON, (b"allow", b"POST")]
 _FIELD_PATH = re.compile(r"at `(\$[^`]*)`")
 
 
@@ -63,10 +77,16 @@ class _Endpoint:
     chain: Next  # the interceptor chain ending in the service's method
     decoder: msgspec.json.Decoder[Any]
     fields: tuple[str, ...]
+    public: bool
 
 
 class RpcServer:
-    """ASGI app for one process. Lifespan startup starts the runtime; shutdown stops it."""
+    """ASGI app for one process. Lifespan startup starts the runtime; shutdown stops it.
+
+    ``verifier`` checks the credentials of calls to internal methods; None serves them to anyone
+    (benchmarks and explicit opt-outs only). ``internal=False`` serves public methods only.
+    ``open_endpoints`` names the endpoints of :data:`OBSERVABLE` served without a credential.
+    """
 
     def __init__(
         self,
@@ -75,9 +95,20 @@ class RpcServer:
         max_body: int = DEFAULT_MAX_BODY,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        verifier: Verifier | None = None,
+        internal: bool = True,
+        open_endpoints: tuple[str, ...] = (),
     ) -> None:
+        unknown = set(open_endpoints) - set(OBSERVABLE)
+        if unknown:
+            raise DefinitionError(
+                f"open_endpoints: unknown {', '.join(sorted(unknown))}; choose among {', '.join(OBSERVABLE)}"
+            )
         self.runtime = runtime
         self.max_body = max_body
+        self.verifier = verifier
+        self.internal = internal
+        self._guarded = {_OBSERVABLE_PATHS[name] for name in OBSERVABLE if name not in open_endpoints}
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._endpoints: dict[str, _Endpoint] = {}
@@ -93,6 +124,8 @@ class RpcServer:
         for name, instance in self.runtime.instances.items():
             spec = self.runtime.app.specs[name]
             for method in spec.methods.values():
+                if not (method.public or self.internal):
+                    continue
                 site = Site("serve", name, method.name, idempotent=method.idempotent)
                 self._endpoints[f"/{name}/{method.name}"] = _Endpoint(
                     method,
@@ -100,6 +133,7 @@ class RpcServer:
                     compose(site, self.runtime.interceptors, _terminal(getattr(instance, method.name))),
                     msgspec.json.Decoder(method.arguments),
                     tuple(p.name for p in method.params),
+                    method.public,
                 )
             public = instance.asgi_app()
             if public is not None:
@@ -148,6 +182,12 @@ class RpcServer:
         if endpoint is not None and method == "POST":
             await self._rpc(endpoint, scope, receive, send)
         elif method == "GET" and path in _PROBES:
+            if path in self._guarded and self.verifier is not None:
+                try:
+                    self.verifier.observer(dict(scope["headers"]).get(b"authorization"))
+                except Unauthenticated as exc:
+                    await _error(send, 401, ErrorBody(exc.kind, exc.message), _CHALLENGE)
+                    return
             await _PROBES[path](self, send)
         elif self._is_rpc_path(path):
             await self._rpc_miss(path, method, send)
@@ -167,8 +207,11 @@ class RpcServer:
             message = f"service {service!r} is not served by this process"
         elif name not in spec.methods:
             message = f"service {service!r} has no rpc method {name!r}"
+        elif path not in self._endpoints:  # internal, and this process serves public methods only
+            message = f"no route {method} {path}"
         else:
-            await _error(send, 405, ErrorBody("method_not_allowed", f"use POST for {path}", service, name))
+            body = ErrorBody("method_not_allowed", f"use POST for {path}", service, name)
+            await _error(send, 405, body, _ALLOW_POST)
             return
         await _error(send, 404, ErrorBody("not_found", message, service, name))
 
@@ -176,15 +219,21 @@ class RpcServer:
         spec = endpoint.spec
         headers = dict(scope["headers"])
         _context.set_traceparent(headers.get(b"traceparent", b"").decode("latin-1") or None)
+        status_headers = _JSON
         try:
             try:
+                if not endpoint.public and self.verifier is not None:
+                    # Before the body is read: a caller without a credential costs no more than this.
+                    self.verifier.caller(headers.get(b"authorization"), spec.service)
                 body = await self._read_body(headers, receive)
                 invocation = Invocation(endpoint.site, self._decode(endpoint, body))
                 timeout = headers.get(_TIMEOUT)
                 if timeout is not None:
                     invocation.deadline = time.monotonic() + _timeout_seconds(timeout)
-            except _HttpError as exc:  # refused before the chain: counted here
+            except (_HttpError, ArchipelError) as exc:  # refused before the chain: counted here
                 RPC_REQUESTS.labels(spec.service, spec.name, str(exc.status)).inc()
+                if exc.status == 401:
+                    status_headers = _CHALLENGE
                 raise
             result = await endpoint.chain(invocation)
             payload = self._encoder.encode(result)
@@ -198,10 +247,13 @@ class RpcServer:
                 504,
                 _encode_error("deadline_exceeded", f"{spec.qualname} ran past its deadline", spec),
             )
-        except Exception as exc:
-            log.exception("%s raised", spec.qualname)
-            status, payload = 500, _encode_error(type(exc).__name__, str(exc), spec)
-        await _respond(send, status, payload)
+        except Exception:
+            # The detail stays in this process's log; the caller gets an id to find it there.
+            error_id = uuid.uuid4().hex[:16]
+            log.exception("%s raised (error id %s)", spec.qualname, error_id)
+            message = f"internal error in {spec.qualname}; error id {error_id} in the service's log"
+            status, payload = 500, _encode_error("internal", message, spec, {"error_id": error_id})
+        await _respond(send, status, payload, status_headers)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")
@@ -257,6 +309,7 @@ class RpcServer:
 
 
 _TIMEOUT = _context.TIMEOUT_HEADER.encode()
+_OBSERVABLE_PATHS = {"metrics": "/metrics", "openapi": "/openapi.json"}
 _PROBES: dict[str, Callable[[RpcServer, Send], Awaitable[None]]] = {
     "/healthz": RpcServer._healthz,
     "/readyz": RpcServer._readyz,
@@ -286,10 +339,13 @@ def _encode_error(kind: str, message: str, spec: MethodSpec, details: Any = None
     return msgspec.json.encode(ErrorResponse(ErrorBody(kind, message, spec.service, spec.name, details)))
 
 
-async def _error(send: Send, status: int, body: ErrorBody) -> None:
-    await _respond(send, status, msgspec.json.encode(ErrorResponse(body)))
+Headers = list[tuple[bytes, bytes]]
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+async def _error(send: Send, status: int, body: ErrorBody, headers: Headers = _JSON) -> None:
+    await _respond(send, status, msgspec.json.encode(ErrorResponse(body)), headers)
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: Headers = _JSON) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -9,6 +9,7 @@ taken over can forge no call it could not already make.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -27,6 +28,9 @@ class Keyring(msgspec.Struct, kw_only=True, omit_defaults=True):
     verifying: dict[str, list[str]] = msgspec.field(default_factory=dict)  # "caller>callee" -> keys
     mqtt_username: str = ""
     mqtt_password: str = ""
+    # SHA-256 (hex) of the deployment's scrape tokens: the static bearer a Prometheus sends for
+    # /metrics and /openapi.json; the process can check one but not make it.
+    scrape: list[str] = msgspec.field(default_factory=list)
 
     def __repr__(self) -> str:  # never the keys, wherever a keyring gets printed
         counts = f"{len(self.signing)} signing, {len(self.verifying)} verifying"
@@ -77,7 +81,14 @@ def keyring_for(
         verifying=keys(edges_in),
         mqtt_username=username,
         mqtt_password=mqtt_password(secrets[0], username),
+        scrape=[hashlib.sha256(scrape_token(s, deployment).encode()).hexdigest() for s in secrets],
     )
+
+
+def scrape_token(secret: bytes, deployment: str) -> str:
+    """The static bearer token that reads /metrics and /openapi.json of every process of the
+    deployment (``archipel token --scrape`` prints it, for Prometheus's ``authorization``)."""
+    return _b64(derive(secret, "scrape", deployment))
 
 
 def process_keyring(

@@ -26,6 +26,7 @@ import uvicorn
 from .._app import App
 from .._deploy.plan import Mode, ProcessPlan, plan
 from .._deploy.supervisor import EMBEDDED, Supervisor, free_port
+from .._deploy.worker import uvicorn_config
 from .._events.bus import LocalBus
 from .._interceptors import default_interceptors
 from .._loader import load_app, reference_of
@@ -34,6 +35,9 @@ from .._resilience.policies import Policies
 from .._rpc.client import HttpTransport
 from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
 from .._runtime import DATA_DIR_VAR, Runtime
+from .._security.keyring import OPERATOR, Keyring, keyring_for
+from .._security.secrets import new_secret
+from .._security.tokens import Signer, Verifier
 from ._recorder import EventRecorder
 
 __all__ = ["EventRecorder", "RunningApp", "Topology", "run_app"]
@@ -64,11 +68,19 @@ class Topology:
 class RunningApp:
     """A running app as a test sees it: proxies to call, URLs to request, events recorded."""
 
-    def __init__(self, app: App, topology: Topology, urls: Mapping[str, str], events: EventRecorder) -> None:
+    def __init__(
+        self,
+        app: App,
+        topology: Topology,
+        urls: Mapping[str, str],
+        events: EventRecorder,
+        operator: Keyring,
+    ) -> None:
         self.app = app
         self.topology = topology
         self.events = events
         self._urls = dict(urls)
+        self._signer = Signer(operator)
         self._local: Runtime | None = None
         self._transport: HttpTransport | None = None
         self._supervisor: Supervisor | None = None
@@ -106,6 +118,14 @@ class RunningApp:
             return [self.url_of(service)]
         return [c.url for c in self._supervisor.children if service in c.services]
 
+    def auth_headers(self, service: str) -> dict[str, str]:
+        """The operator's credential for ``service``: calls its internal methods (in microservices),
+        and reads /metrics and /openapi.json of the process hosting it, as a test may."""
+        header = self._signer.header(OPERATOR, service)
+        if header is None:
+            raise KeyError(f"app {self.app.name!r} has no service {service!r}")
+        return {"authorization": header}
+
     def client(self, cls: type[S]) -> S:
         """Call ``cls``'s rpc methods: the live instance in a monolith, an HTTP proxy otherwise."""
         spec = self.app.spec_of(cls)
@@ -113,7 +133,7 @@ class RunningApp:
             return self._local.instances[spec.name]  # type: ignore[return-value]
         assert self._transport is not None
         interceptors = default_interceptors(self.app, self._policies, endpoints=self._transport.endpoints)
-        proxy: S = self._transport.proxy(spec, interceptors=interceptors)
+        proxy: S = self._transport.proxy(spec, caller=OPERATOR, interceptors=interceptors)
         return proxy
 
     def instance(self, cls: type[S]) -> S:
@@ -136,6 +156,7 @@ async def run_app(
     policies: Mapping[str, Any] | None = None,
     data_dir: str | Path | None = None,
     deployment: str | None = None,
+    open_endpoints: Sequence[str] = (),
 ) -> AsyncIterator[RunningApp]:
     """Start ``app`` for the duration of the block and stop every part of it afterwards.
 
@@ -145,7 +166,11 @@ async def run_app(
 
     ``deployment`` names the run on the broker (topic root, client ids); default: the app's name.
 
-    ``policies``: the resilience policies, as the ``[policies]`` table of ``archipel.toml``."""
+    ``policies``: the resilience policies, as the ``[policies]`` table of ``archipel.toml``.
+
+    Credentials are on, as in production: ``running.auth_headers(service)`` gives the operator's,
+    and ``ARCHIPEL_SECRET`` in ``env`` fixes the deployment's secret. ``open_endpoints`` opens
+    /metrics or /openapi.json ("metrics", "openapi") to callers without one."""
     the_app = load_app(app) if isinstance(app, str) else app
     checked = Policies.from_config(policies, the_app)  # a bad key fails here, before anything starts
     where = Topology.parse(topology)
@@ -153,7 +178,7 @@ async def run_app(
     env = {**(env or {}), DATA_DIR_VAR: _absolute(data_dir or scratch or ".")}
     try:
         if where.mode == "monolith":
-            async with _monolith(the_app, where, env, timeout, max_body, checked) as running:
+            async with _monolith(the_app, where, env, timeout, max_body, checked, open_endpoints) as running:
                 yield running
         else:
             reference = app if isinstance(app, str) else reference_of(the_app)
@@ -167,6 +192,7 @@ async def run_app(
                 max_body,
                 policies,
                 deployment,
+                open_endpoints,
             ) as running:
                 yield running
     finally:
@@ -186,6 +212,7 @@ async def _monolith(
     timeout: float,
     max_body: int,
     policies: Policies,
+    open_endpoints: Sequence[str],
 ) -> AsyncIterator[RunningApp]:
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
@@ -194,15 +221,16 @@ async def _monolith(
     bus.observe(events.record)
     runtime = Runtime(app, list(app.specs), bus, interceptors=default_interceptors(app, policies))
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            RpcServer(runtime, max_body=max_body),
-            host="127.0.0.1",
-            port=port,
-            lifespan="on",
-            log_level="warning",
-        )
+    secrets = [new_secret().encode()]  # this run's: guards /metrics and /openapi.json as in production
+    keyring = keyring_for(app, app.name, "monolith", app.specs, secrets)
+    rpc = RpcServer(
+        runtime,
+        max_body=max_body,
+        verifier=Verifier(keyring),
+        internal=False,
+        open_endpoints=tuple(open_endpoints),
     )
+    server = uvicorn.Server(uvicorn_config(rpc, "127.0.0.1", port))
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(timeout):
@@ -211,7 +239,9 @@ async def _monolith(
                     task.result()
                     raise RuntimeError("the monolith's server stopped during start-up")
                 await asyncio.sleep(0.01)  # uvicorn exposes no start-up event to await
-        running = RunningApp(app, topology, {name: f"http://127.0.0.1:{port}" for name in app.specs}, events)
+        urls = {name: f"http://127.0.0.1:{port}" for name in app.specs}
+        operator = keyring_for(app, app.name, OPERATOR, (), secrets, operator=True)
+        running = RunningApp(app, topology, urls, events, operator)
         running._local = runtime
         yield running
     finally:
@@ -235,6 +265,7 @@ async def _microservices(
     max_body: int,
     policies: Mapping[str, Any] | None,
     deployment: str | None,
+    open_endpoints: Sequence[str],
 ) -> AsyncIterator[RunningApp]:
     from .._events.mqtt import MqttBus
 
@@ -250,6 +281,7 @@ async def _microservices(
         policies=policies,
         deployment=deployment,
         data_dir=(env or {}).get(DATA_DIR_VAR),
+        open_endpoints=open_endpoints,
         echo=_echo if os.environ.get("ARCHIPEL_TEST_ECHO") else None,
     )
     await supervisor.start(timeout)
@@ -265,11 +297,12 @@ async def _microservices(
         supervisor.broker_url, root, client_id=f"{root}-test-observer-{os.getpid()}", durable=False
     )
     observer.observe(events.record)
-    transport = HttpTransport(replicas)
+    operator = supervisor.operator_keyring()
+    transport = HttpTransport(replicas, signer=Signer(operator))
     try:
         await observer.start()
         await transport.start()
-        running = RunningApp(app, topology, urls, events)
+        running = RunningApp(app, topology, urls, events, operator)
         running._transport = transport
         running._supervisor = supervisor
         running._policies = Policies.from_config(policies, app)

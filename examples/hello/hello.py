@@ -46,9 +46,14 @@ class Greeted(Event, topic="greetings/sent"):
 
 
 # --- Services -------------------------------------------------------------------------------
-# A service is a class with a few public methods. ``@rpc`` methods can be called by other
-# services (and over HTTP as ``POST /{service}/{method}``); ``@on(Event)`` methods react to
-# events. A service keeps its state to itself: other services only see its methods.
+# A service is a class with a few methods. ``@rpc`` methods can be called by other services
+# (over HTTP as ``POST /{service}/{method}``); ``@on(Event)`` methods react to events. A service
+# keeps its state to itself: other services only see its methods.
+#
+# An ``@rpc`` method is internal unless marked ``public=True``: only the services that declare
+# its service as a dependency may call it, each call carrying a short-lived signed credential
+# (Archipel adds and checks it; a curl without one gets 401). A monolith does not serve internal
+# methods over HTTP at all. Public methods are the app's front door, open to anyone.
 
 
 class Names(Service):
@@ -64,7 +69,12 @@ class Names(Service):
 
 
 class Greeter(Service, emits=[Greeted]):
-    """Calls ``Names`` synchronously, then announces the greeting asynchronously."""
+    """Calls ``Names`` synchronously, then announces the greeting asynchronously.
+
+    ``emits=[Greeted]`` declares the events it publishes: the broker lets Greeter publish on
+    ``hello/greetings/sent`` and nobody else, and Guestbook drops a Greeted that claims another
+    source.
+    """
 
     # A dependency is declared as an annotation, never constructed here. At start-up the runtime
     # fills it in with whatever fits the deployment:
@@ -76,7 +86,7 @@ class Greeter(Service, emits=[Greeted]):
     # signatures in both cases.
     names: Names
 
-    @rpc
+    @rpc(public=True)  # the app's entry point: anyone may ask for a greeting
     async def greet(self, name: str) -> Greeting:
         """Greet someone, and tell the rest of the system that it happened."""
         normalized = await self.names.normalize(name)
@@ -112,7 +122,7 @@ class Guestbook(Service):
     async def record(self, event: Greeted) -> None:
         self._entries[event.greeting_id] = event.name
 
-    @rpc(idempotent=True)
+    @rpc(idempotent=True, public=True)
     async def entries(self) -> list[str]:
         """Names greeted so far, oldest first (one entry per greeting)."""
         return list(self._entries.values())

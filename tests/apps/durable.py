@@ -23,12 +23,13 @@ class Placed(Event, topic="orders/placed"):
 class Orders(Service, emits=[Placed]):
     orders = collection("orders", Order)
 
-    @rpc
+    # Public: the durability tests drive this app as a monolith too, which serves no internal method.
+    @rpc(public=True)
     async def place(self, order_id: str, units: int) -> None:
         await self.orders.put(order_id, Order(order_id, units))
         await self.emit(Placed(order_id=order_id, units=units))  # commits with the order
 
-    @rpc
+    @rpc(public=True)
     async def count(self) -> int:
         return await self.orders.count()
 
@@ -45,7 +46,7 @@ class Mailer(Service):
                 await asyncio.sleep(0.02)  # polling the test's file: the event stays in flight
         await self.mails.put(event.order_id, (await self.mails.get(event.order_id) or 0) + 1)
 
-    @rpc
+    @rpc(public=True)
     async def sent(self, order_id: str) -> int:
         return await self.mails.get(order_id) or 0
 

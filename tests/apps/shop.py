@@ -37,12 +37,14 @@ class Currency(Service):
 
 
 class Checkout(Service, emits=[OrderPlaced]):
+    """The app's edge: its methods are public; the others' are internal."""
+
     currency: Currency
 
     def __init__(self) -> None:
         self.placed = 0
 
-    @rpc
+    @rpc(public=True)
     async def place_order(self, user_id: str, email: str, items: list[Item], to: str = "EUR") -> str:
         if not items:
             raise InvalidArgument("an order needs at least one item")
@@ -52,16 +54,16 @@ class Checkout(Service, emits=[OrderPlaced]):
         await self.emit(OrderPlaced(order_id=order_id, email=email, total=total))
         return order_id
 
-    @rpc
+    @rpc(public=True)
     async def boom(self, message: str) -> None:
         raise ValueError(message)
 
-    @rpc
+    @rpc(public=True)
     async def nap(self, seconds: float) -> str:
         await asyncio.sleep(seconds)
         return "rested"
 
-    @rpc
+    @rpc(public=True)
     async def echo(self, value: dict[str, int]) -> dict[str, int]:
         return value
 
@@ -113,6 +115,12 @@ class Ledger(Service):
     @rpc
     async def times_recorded(self, order_id: str) -> int:
         return self.times.get(order_id, 0)
+
+    @rpc
+    async def correct(self, order_id: str, units: int) -> None:
+        """An internal method with an effect: only the operator may call it (nobody depends on
+        Ledger), which the authentication tests check by its absence."""
+        self.totals[order_id] = units
 
 
 app = App("testshop", [Currency, Checkout, Email, Ledger])

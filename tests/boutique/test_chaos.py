@@ -30,11 +30,12 @@ from boutique.cart import Cart
 from boutique.checkout import Checkout, new_order_id
 from boutique.email import Email
 from boutique.payment import Payment
-from boutique.types import Order
+from boutique.types import Order, SentMail, Transaction
 
 from archipel import ArchipelError
+from archipel._state import open_store
 from archipel.testing import RunningApp, run_app
-from tests.boutique.buyer import ADDRESS, GOOD_CARD
+from tests.boutique.buyer import ADDRESS, GOOD_CARD, checkout_form
 
 ORDERS = int(os.environ.get("ARCHIPEL_CHAOS_ORDERS", "30"))
 KILLS = int(os.environ.get("ARCHIPEL_CHAOS_KILLS", "9"))
@@ -184,8 +185,9 @@ async def _duplicates(running: RunningApp) -> float:
     """Inbox duplicates over every process's /metrics (counted since that process started)."""
     total = 0.0
     async with aiohttp.ClientSession() as session:
-        for url in {u for name in app.specs for u in running.urls_of(name)}:
-            async with session.get(url + "/metrics") as response:
+        hosts = {url: service for service in app.specs for url in running.urls_of(service)}
+        for url, service in hosts.items():
+            async with session.get(url + "/metrics", headers=running.auth_headers(service)) as response:
                 for line in (await response.text()).splitlines():
                     if line.startswith("archipel_inbox_duplicates_total"):
                         total += float(line.rsplit(" ", 1)[1])
@@ -223,52 +225,52 @@ async def test_the_monolith_killed_under_load_loses_nothing_and_does_nothing_twi
         process = (await _status(state, runner))["processes"][0]
         base = process["url"]
         accepted: list[str] = []
-        async with aiohttp.ClientSession() as session:
 
-            async def call(method: str, body: dict[str, object]) -> object:
-                while True:  # a killed monolith refuses calls until the supervisor restarts it
-                    try:
-                        async with session.post(f"{base}/{method}", json=body, timeout=_TIMEOUT) as response:
-                            if response.status == 200:
-                                return await response.json()
-                            assert response.status >= 500, await response.text()
-                    except (aiohttp.ClientError, TimeoutError):
-                        pass
-                    await asyncio.sleep(0.2)  # a customer waits a moment before pressing again
+        async def buy(number: int) -> str:
+            """A buyer on the storefront (the monolith serves nothing internal): basket, then order,
+            pressing again while the killed monolith is down; the form's order id makes it one order."""
+            order_id = new_order_id()
+            form = {**checkout_form(f"mono-{number}@example.org"), "order_id": order_id}
+            async with aiohttp.ClientSession() as web:  # its own cookies: its own basket
+                for path, data in (
+                    ("/basket/add", {"product_id": "tea-towel", "quantity": "1"}),
+                    ("/order", form),
+                ):
+                    while True:
+                        try:
+                            async with web.post(base + path, data=data, timeout=_TIMEOUT) as response:
+                                if response.status == 200:
+                                    break
+                                assert response.status >= 500, await response.text()
+                        except (aiohttp.ClientError, TimeoutError):
+                            pass
+                        await asyncio.sleep(0.2)  # a customer waits a moment before pressing again
+            return order_id
 
-            async def shop() -> None:
-                for number in range(orders):
-                    user, order_id = f"mono-{number}-{uuid.uuid4().hex[:6]}", new_order_id()
-                    await call("cart/add_item", {"user_id": user, "product_id": "tea-towel", "quantity": 1})
-                    form = {"order_id": order_id, "user_id": user, "user_currency": "EUR"}
-                    form |= {"address": msgspec.to_builtins(ADDRESS), "card": msgspec.to_builtins(GOOD_CARD)}
-                    await call("checkout/place_order", {**form, "email": f"{user}@example.org"})
-                    accepted.append(order_id)
+        async def shop() -> None:
+            for number in range(orders):
+                accepted.append(await buy(number))
 
-            async def chaos() -> None:
-                for k in range(1, kills + 1):
-                    await until(
-                        lambda: _count(accepted), lambda n, due=k * orders // (kills + 1): n >= due, 120
-                    )
-                    pid = (await _status(state, runner))["processes"][0]["pid"]
-                    os.kill(pid, signal.SIGKILL)
-                    await until(lambda: _status(state, runner), lambda s, pid=pid: _restarted(s, pid), 60)
+        async def chaos() -> None:
+            for k in range(1, kills + 1):
+                await until(lambda: _count(accepted), lambda n, due=k * orders // (kills + 1): n >= due, 120)
+                pid = (await _status(state, runner))["processes"][0]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                await until(lambda: _status(state, runner), lambda s, pid=pid: _restarted(s, pid), 60)
 
-            await asyncio.gather(shop(), chaos())
+        await asyncio.gather(shop(), chaos())
 
-            async def mailed() -> Counter[tuple[str, str]]:
-                sent = await call("email/list_sent", {"limit": 1000})
-                assert isinstance(sent, list)
-                return Counter((m["order_id"], m["kind"]) for m in sent if m["order_id"] in accepted)
+        async def mailed() -> Counter[tuple[str, str]]:
+            sent = await _stored(data, "email", "mail_by_order", SentMail)
+            return Counter((m.order_id, m.kind) for m in sent if m.order_id in accepted)
 
-            sent = await until(
-                mailed,
-                lambda found: all(found[(o, k)] for o in accepted for k in ("confirmation", "shipped")),
-                90,
-            )
-            transactions = await call("payment/list_transactions", {"limit": 1000})
-            assert isinstance(transactions, list)
-            charges = Counter(t["idempotency_key"] for t in transactions if t["idempotency_key"] in accepted)
+        sent = await until(
+            mailed,
+            lambda found: all(found[(o, k)] for o in accepted for k in ("confirmation", "shipped")),
+            90,
+        )
+        transactions = await _stored(data, "payment", "transactions", Transaction)
+        charges = Counter(t.idempotency_key for t in transactions if t.idempotency_key in accepted)
         by_kind = Counter(kind for (_, kind), n in sent.items() for _ in range(n))
         print(
             f"\nmonolith chaos: {len(accepted)} orders accepted, {kills} kills of the monolith; "
@@ -285,6 +287,18 @@ async def test_the_monolith_killed_under_load_loses_nothing_and_does_nothing_twi
 
 
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+async def _stored(data: Path, service: str, collection: str, kind: type[T]) -> list[T]:
+    """Every value of a service's collection, read from its store on disk while it runs (SQLite
+    lets readers in beside the writer): what a monolith's internal methods would have answered."""
+    store = open_store(service, data_dir=data)
+    await store.open()
+    try:
+        rows = await store.scan(collection, limit=100_000)
+    finally:
+        await store.close()
+    return [msgspec.json.decode(raw, type=kind) for _, raw in rows]
 
 
 def _start_monolith(state: Path, data: Path) -> subprocess.Popen[str]:
