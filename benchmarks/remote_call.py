@@ -5,7 +5,10 @@ callers run in this process. The same call, ``convert(amount: Money, to: str) ->
 
 - archipel: a real ``python -m archipel._deploy.worker`` serving one service; the caller uses
   ``HttpTransport.proxy(spec)`` with the default interceptor chain and policies, the object a
-  service gets as its dependency in microservices.
+  service gets as its dependency in microservices. Each call carries a signed credential that the
+  server checks, as in production.
+- archipel, no auth: the same with authentication off (``authenticate=False``, unsigned calls):
+  what the credentials cost, side by side.
 - raw: a bare ASGI app + msgspec (the ceiling for a JSON-over-HTTP endpoint in Python), called
   by the minimal client: the same pooled aiohttp session, no extra headers.
 - fastapi: a hand-written FastAPI endpoint with pydantic models, called with httpx (the peer
@@ -39,6 +42,7 @@ import msgspec
 from archipel import App, Service, Struct, rpc
 
 HOST = "127.0.0.1"
+SECRET = "the-benchmark-deployment-secret-0123456789"
 RATES = {"EUR": 1, "USD": 2}
 
 
@@ -133,13 +137,18 @@ def start_server(kind: str) -> tuple[subprocess.Popen[bytes], str]:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
     env = dict(os.environ)
-    if kind == "archipel":
+    if kind in ("archipel", "archipel-open"):
         from archipel._deploy.worker import ENV_VAR, WorkerSpec
 
         spec = WorkerSpec(
-            app=f"{Path(__file__).resolve()}:app", name="currency", services=["currency"], port=port
+            app=f"{Path(__file__).resolve()}:app",
+            name="currency",
+            services=["currency"],
+            port=port,
+            authenticate=kind == "archipel",
         )
         env[ENV_VAR] = msgspec.json.encode(spec).decode()
+        env["ARCHIPEL_SECRET"] = SECRET
         env["ARCHIPEL_LOG_LEVEL"] = "WARNING"
         command = [sys.executable, "-m", "archipel._deploy.worker"]
     else:
@@ -166,21 +175,29 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, skip_auto_headers=["User-Agent"])
 
 
-async def archipel_client(url: str) -> Client:
+async def archipel_client(url: str, *, signed: bool = True) -> Client:
     from archipel._interceptors import default_interceptors
     from archipel._rpc.client import HttpTransport
+    from archipel._security.keyring import OPERATOR, keyring_for
+    from archipel._security.tokens import Signer
 
-    transport = HttpTransport({"currency": [url]})
+    # The operator's keys: the one caller allowed to call a service nobody depends on.
+    keyring = keyring_for(app, app.name, OPERATOR, (), [SECRET.encode()], operator=True)
+    transport = HttpTransport({"currency": [url]}, signer=Signer(keyring) if signed else None)
     await transport.start()
     # As a worker wires a dependency: the default chain (metrics, deadline, retry, bulkhead,
     # breaker) with the default policies.
     chain = default_interceptors(app, endpoints=transport.endpoints)
-    currency: Currency = transport.proxy(app.specs["currency"], caller="bench", interceptors=chain)
+    currency: Currency = transport.proxy(app.specs["currency"], caller=OPERATOR, interceptors=chain)
 
     async def call() -> Money:
         return await currency.convert(AMOUNT, "USD")
 
     return Client(call, transport.close)
+
+
+async def archipel_unsigned_client(url: str) -> Client:
+    return await archipel_client(url, signed=False)
 
 
 async def aiohttp_client(url: str) -> Client:
@@ -310,6 +327,7 @@ def best(results: list[Result]) -> Result:
 async def run(args: argparse.Namespace) -> dict[str, Result]:
     variants: dict[str, tuple[str, Callable[[str], Awaitable[Client]]]] = {
         "archipel": ("archipel", archipel_client),
+        "archipel, no auth": ("archipel-open", archipel_unsigned_client),
         "raw asgi+aiohttp": ("raw", aiohttp_client),
     }
     try:
@@ -349,6 +367,11 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> None:
     print(f"{'':<36}" + "".join(f"{n:>{width}}" for n in names))
     for label, _, get in rows:
         print(f"{label:<36}" + "".join(f"{get(results[n]) / get(raw):>{width - 1}.2f}x" for n in names))
+    signed, unsigned = results["archipel"], results["archipel, no auth"]
+    print(
+        f"\nauthentication: throughput {signed.calls_per_s / unsigned.calls_per_s:.2f}x without, "
+        f"server CPU per call {signed.server_cpu_us / unsigned.server_cpu_us:.2f}x"
+    )
     if args.json:
         print(json.dumps({n: vars(r) for n, r in results.items()}, indent=2))
 

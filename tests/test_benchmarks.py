@@ -16,6 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         ("local_call.py", ["--iterations", "2000", "--repeats", "1"], "ratio archipel / plain"),
         ("outbox.py", ["--events", "50", "--repeats", "1"], "ratio latency / direct"),
+        (
+            "remote_call.py",
+            ["--calls", "50", "--concurrency", "2", "--per-caller", "20", "--rounds", "1"],
+            "authentication: throughput",
+        ),
     ],
 )
 def test_a_benchmark_runs_and_reports(script: str, arguments: list[str], expected: str) -> None:
