@@ -27,6 +27,7 @@ from ._model import Service
 from ._resilience.policies import Policies
 from ._rpc.commands import call, token
 from ._rpc.openapi import openapi_document
+from ._security.tls import TlsFiles
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(events, name="events")
@@ -115,6 +116,7 @@ def run(
             policies=settings.policies,
             authenticate=settings.authenticate,
             open_endpoints=settings.open_endpoints,
+            env=TlsFiles(settings.tls.cert, settings.tls.key, settings.tls.ca).env(),
         )
     except ValueError as exc:
         _fail(str(exc))

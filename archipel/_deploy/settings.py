@@ -15,6 +15,10 @@
     checkout = 2
     open_endpoints = ["metrics"]  # served without a credential: "metrics", "openapi" (default none)
     authenticate = true           # false serves internal methods to anyone: development only
+    [tls]                         # HTTPS between processes (and mqtts:// with the embedded broker)
+    cert = "certs/server.pem"
+    key = "certs/server-key.pem"
+    ca = "certs/ca.pem"           # what callers trust; default: the system's store
     [policies]                    # resilience policies (archipel._resilience.policies)
     timeout = 5.0
 """
@@ -26,6 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
+
+class TlsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    cert: str | None = None  # the processes' certificate (PEM): they serve HTTPS
+    key: str | None = None  # its private key (PEM)
+    ca: str | None = None  # what callers verify certificates with (PEM), instead of the system's
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,6 +52,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     policies: dict[str, Any] = msgspec.field(default_factory=dict)
     open_endpoints: list[Literal["metrics", "openapi"]] = msgspec.field(default_factory=list)
     authenticate: bool = True
+    tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
     source: str | None = None  # the file the settings came from
 
 
@@ -71,6 +82,10 @@ def load_settings(path: Path) -> Settings:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     settings.source = str(path)
+    for name in ("cert", "key", "ca"):  # files are relative to the settings file
+        value = getattr(settings.tls, name)
+        if value:
+            setattr(settings.tls, name, str((path.parent / value).resolve()))
     if settings.data_dir:
         settings.data_dir = str((path.parent / settings.data_dir).resolve())
     if settings.app and (".py" in settings.app or "/" in settings.app):

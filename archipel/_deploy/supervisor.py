@@ -36,6 +36,7 @@ from .._rpc.server import DEFAULT_MAX_BODY
 from .._runtime import DATA_DIR_VAR
 from .._security.keyring import KEYRING_VAR, OPERATOR, Keyring, keyring_for
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
+from .._security.tls import TlsFiles
 from .._security.tokens import Signer
 from .broker import EMBEDDED, RUMQTTD, broker_kind
 from .children import (
@@ -138,6 +139,8 @@ class Supervisor:
         for name in (SECRET_VAR, SECRET_FILE_VAR, KEYRING_VAR):
             self._env.pop(name, None)
         self._authenticate = authenticate
+        self.tls = TlsFiles.from_env(self._env)  # ARCHIPEL_TLS_*: every process serves HTTPS
+        self._env.update(self.tls.env())  # absolute: a process may start in another folder
         self._operator: Signer | None = None
         self._open_endpoints = list(open_endpoints)
         self._echo = echo
@@ -330,7 +333,7 @@ class Supervisor:
                 index += 1
         peers: dict[str, list[str]] = {}
         for process in self.plans:
-            urls = [f"http://{self.host}:{ports[process.name, r]}" for r in range(process.replicas)]
+            urls = [f"{self.tls.scheme}://{self.host}:{ports[process.name, r]}" for r in range(process.replicas)]
             for service in process.services:
                 peers[service] = urls
         for process in self.plans:
@@ -368,7 +371,7 @@ class Supervisor:
                         process.name,
                         [sys.executable, "-m", "archipel._deploy.worker"],
                         env,
-                        url=f"http://{self.host}:{port}",
+                        url=f"{self.tls.scheme}://{self.host}:{port}",
                         services=process.services,
                         replica=replica,
                     )
@@ -400,7 +403,8 @@ class Supervisor:
 
     async def wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=self.tls.client_context() or True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             while time.monotonic() < deadline:
                 self._check_alive(child)
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):

@@ -30,6 +30,7 @@ from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
 from .._runtime import Runtime
 from .._security.keyring import KEYRING_VAR, Keyring, process_keyring
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError
+from .._security.tls import TlsError, TlsFiles
 from .._security.tokens import Signer, Verifier
 from .hygiene import exit_with_parent, set_parent_death_signal
 
@@ -90,7 +91,10 @@ def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> 
             durable=spec.durable,
             drain_timeout=spec.drain,
         )
-    transport = HttpTransport(spec.peers, signer=Signer(keyring) if keyring is not None else None)
+    tls = TlsFiles.from_env()
+    transport = HttpTransport(
+        spec.peers, signer=Signer(keyring) if keyring is not None else None, ssl=tls.client_context()
+    )
     policies = Policies.from_config(spec.policies, app)
     runtime = Runtime(
         app,
@@ -116,7 +120,9 @@ def _nothing_internal(app: App, spec: WorkerSpec) -> bool:
     return all(m.public for name in spec.services for m in app.specs[name].methods.values())
 
 
-def uvicorn_config(server: RpcServer, host: str, port: int, drain: float = 5.0) -> uvicorn.Config:
+def uvicorn_config(
+    server: RpcServer, host: str, port: int, drain: float = 5.0, tls: TlsFiles | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         server,
         host=host,
@@ -126,6 +132,8 @@ def uvicorn_config(server: RpcServer, host: str, port: int, drain: float = 5.0) 
         access_log=False,
         loop="asyncio",
         timeout_graceful_shutdown=math.ceil(drain),  # uvicorn takes whole seconds
+        ssl_certfile=tls.cert if tls is not None else None,
+        ssl_keyfile=tls.key if tls is not None else None,
     )
 
 
@@ -144,9 +152,9 @@ def main() -> None:
         os.environ.pop(KEYRING_VAR, None)
     except (KeyError, msgspec.DecodeError) as exc:
         sys.exit(f"archipel worker: missing or invalid {ENV_VAR}: {exc}")
-    except (AppNotFound, DefinitionError, SecretError) as exc:
+    except (AppNotFound, DefinitionError, SecretError, TlsError) as exc:
         sys.exit(f"archipel worker: {exc}")
-    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain))
+    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain, TlsFiles.from_env()))
     asyncio.run(uv.serve())
     if not uv.started:
         sys.exit(3)

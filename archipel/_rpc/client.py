@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from ssl import SSLContext
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ class HttpTransport:
         pool_size: int = 100,
         keepalive: float = KEEPALIVE,
         signer: Signer | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self._replicas: dict[str, list[str]] = {name: list(u) for name, u in urls.items() if u}
         self._turns: dict[str, Iterator[int]] = {name: itertools.count() for name in self._replicas}
@@ -62,6 +64,7 @@ class HttpTransport:
         self._pool_size = pool_size
         self._keepalive = keepalive
         self._signer = signer  # credentials of the calls (None: unsigned, for open servers)
+        self._ssl = ssl  # verifies https:// replicas (a private CA); None: the system's store
         self._session: aiohttp.ClientSession | None = None
 
     def endpoints(self, service: str) -> list[str]:
@@ -71,7 +74,10 @@ class HttpTransport:
     async def start(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._pool_size, ttl_dns_cache=300, keepalive_timeout=self._keepalive
+                limit=self._pool_size,
+                ttl_dns_cache=300,
+                keepalive_timeout=self._keepalive,
+                ssl=self._ssl if self._ssl is not None else True,
             )
             self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["User-Agent"])
 

@@ -298,7 +298,7 @@ async def _microservices(
     )
     observer.observe(events.record)
     operator = supervisor.operator_keyring()
-    transport = HttpTransport(replicas, signer=Signer(operator))
+    transport = HttpTransport(replicas, signer=Signer(operator), ssl=supervisor.tls.client_context())
     try:
         await observer.start()
         await transport.start()
