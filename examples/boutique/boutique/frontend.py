@@ -209,9 +209,14 @@ class Frontend(Service):
         )
 
     async def mail(self, request: Request) -> Response:
+        """The mail the shop sent about this visitor's orders: one order's, or all of them. Never
+        another visitor's: addresses and order details are theirs."""
         order_id = request.query_params.get("order", "")[:64]
-        mails = await self.email.list_sent(order_id=order_id, limit=50)
-        return await self._page(request, "mail.html", mails=mails, order_id=order_id)
+        orders = await self.checkout.list_orders(self._user(request), limit=50)
+        mine = [order.order_id for order in orders if not order_id or order.order_id == order_id]
+        found = [await self.email.list_sent(order_id=mine_id, limit=50) for mine_id in mine]
+        mails = sorted((m for batch in found for m in batch), key=lambda m: m.sent_at, reverse=True)
+        return await self._page(request, "mail.html", mails=mails[:50], order_id=order_id)
 
     async def order_page(self, request: Request) -> Response:
         order_id = request.path_params["order_id"]
