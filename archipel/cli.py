@@ -27,10 +27,12 @@ from ._model import Service
 from ._resilience.policies import Policies
 from ._rpc.commands import call, token
 from ._rpc.openapi import openapi_document
+from ._security.commands import broker_files
 from ._security.tls import TlsFiles
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(events, name="events")
+cli.add_typer(broker_files)  # archipel broker-auth
 cli.command()(call)
 cli.command()(token)
 console = Console(highlight=False)

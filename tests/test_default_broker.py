@@ -130,13 +130,22 @@ async def test_events_queued_for_a_stopped_consumer_survive_a_broker_restart(
     tmp_path: Path, graceful: bool
 ) -> None:
     app = load_app(SHOP)
-    supervisor = Supervisor(SHOP, app, [], mode="microservices", data_dir=tmp_path, deployment="kept")
+    plans = plan(app, "microservices", None, None)
+    supervisor = Supervisor(SHOP, app, plans, mode="microservices", data_dir=tmp_path, deployment="kept")
     await supervisor.start()
+    for process in list(supervisor.children):  # the broker's logins stay; the test plays the processes
+        await supervisor.retire(process)
     buses: list[MqttBus] = []
 
     async def consumer(inbox: Inbox) -> MqttBus:
         assert supervisor.broker_url is not None
-        bus = MqttBus(supervisor.broker_url, "kept", client_id="kept-ledger-0", durable=True)
+        bus = MqttBus(
+            supervisor.broker_url,
+            "kept",
+            "kept-ledger-0",
+            durable=True,
+            **supervisor.logins.process("ledger"),
+        )
         bus.subscribe("ledger", "orders/placed", inbox)
         buses.append(bus)
         await bus.start()
@@ -145,7 +154,13 @@ async def test_events_queued_for_a_stopped_consumer_survive_a_broker_restart(
     try:
         await (await consumer(Inbox())).stop()  # the session keeps its subscription while away
         assert supervisor.broker_url is not None
-        producer = MqttBus(supervisor.broker_url, "kept", client_id="kept-checkout-0", durable=False)
+        producer = MqttBus(
+            supervisor.broker_url,
+            "kept",
+            "kept-checkout-0",
+            durable=False,
+            **supervisor.logins.process("checkout"),
+        )
         buses.append(producer)
         await producer.start()
         for number in range(20):

@@ -78,8 +78,11 @@ def broker_kind(option: str) -> BrokerKind:
     """What a ``broker`` setting names; raises ValueError for anything else."""
     if option in (EMBEDDED, RUMQTTD):
         return option  # type: ignore[return-value]
-    if not option.startswith("mqtt://"):
-        raise ValueError(f"broker must be {EMBEDDED!r}, {RUMQTTD!r} or mqtt://host:port, not {option!r}")
+    if not option.startswith(("mqtt://", "mqtts://")):
+        raise ValueError(
+            f"broker must be {EMBEDDED!r}, {RUMQTTD!r}, mqtt://host:port or mqtts://host:port, "
+            f"not {option.split('://')[0] + '://...' if '://' in option else repr(option)}"
+        )
     parse_broker_url(option)
     return "url"
 

@@ -21,7 +21,12 @@ docs/decisions/0005-default-broker.md:
 - ``max_inflight_messages 100``: unacknowledged messages per client at once, matching the
   ``MqttBus`` bound on concurrent handlers (so a consumer's handlers are never idle for lack of
   messages), and what a crashed consumer may get twice.
-- ``allow_anonymous true`` on 127.0.0.1 only; authentication comes with a later change.
+- Logins: given a password file and an ACL file (``_security.acl``), ``allow_anonymous false``
+  and each process may publish and read only its own topics; without them, ``allow_anonymous
+  true`` on 127.0.0.1 only. Mosquitto 2.0 never refuses a SUBSCRIBE under an ACL file: it checks
+  the read rules when delivering each message (docstring of ``_security.acl``).
+- TLS: given a certificate and its key, the listener speaks TLS only (``mqtts://``); clients
+  authenticate with their login, not with certificates (``require_certificate false``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import os
 import pwd
 import shutil
 from pathlib import Path
+
+from .._security.tls import TlsFiles
 
 CONFIG_NAME = "mosquitto.conf"
 DATABASE_NAME = "mosquitto.db"
@@ -40,8 +47,7 @@ AUTOSAVE_INTERVAL = 1  # seconds; the SIGKILL window is under twice this
 _CONFIG = """\
 # Written by archipel at each start of the deployment's broker; edits are overwritten.
 listener {port} {host}
-allow_anonymous true
-persistence true
+{access}persistence true
 # Relative to Mosquitto's working directory, which the supervisor sets to this folder.
 persistence_location ./
 persistence_file {database}
@@ -71,14 +77,29 @@ def find_mosquitto() -> str | None:
     return None
 
 
-def write_config(directory: Path, host: str, port: int) -> Path:
-    """Write ``mosquitto.conf`` for a listener on ``host:port`` into ``directory``; return its path."""
+def write_config(
+    directory: Path,
+    host: str,
+    port: int,
+    *,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
+    tls: TlsFiles | None = None,
+) -> Path:
+    """Write ``mosquitto.conf`` for a listener on ``host:port`` into ``directory``; return its path.
+
+    With ``password_file`` (and usually ``acl_file``), only those logins may connect; with
+    ``tls`` (its ``cert`` and ``key``; the deployment's, as for HTTPS), the listener speaks TLS.
+    Without them, the anonymous plain listener of before."""
+    if acl_file is not None and password_file is None:
+        raise ValueError("an acl_file needs a password_file: anonymous clients get no rules in it")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME
     path.write_text(
         _CONFIG.format(
             host=host,
             port=port,
+            access=_tls_lines(tls) + _access_lines(password_file, acl_file),
             database=DATABASE_NAME,
             autosave=AUTOSAVE_INTERVAL,
             max_queued=MAX_QUEUED_MESSAGES,
@@ -87,6 +108,36 @@ def write_config(directory: Path, host: str, port: int) -> Path:
         )
     )
     return path
+
+
+def _access_lines(password_file: Path | None, acl_file: Path | None) -> str:
+    if password_file is None:
+        return "allow_anonymous true\n"
+    lines = ["allow_anonymous false", f"password_file {_config_path(password_file)}"]
+    if acl_file is not None:
+        lines.append(f"acl_file {_config_path(acl_file)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _tls_lines(tls: TlsFiles | None) -> str:
+    if tls is None:
+        return ""
+    if tls.cert is None or tls.key is None:
+        raise ValueError("a TLS listener needs a certificate and its key")
+    lines = [f"certfile {_config_path(Path(tls.cert))}", f"keyfile {_config_path(Path(tls.key))}"]
+    if tls.ca is not None:  # sent along with the certificate chain; clients need no certificate
+        lines.append(f"cafile {_config_path(Path(tls.ca))}")
+    lines.append("require_certificate false")
+    return "".join(line + "\n" for line in lines)
+
+
+def _config_path(path: Path) -> str:
+    # Absolute: Mosquitto's working directory is the broker folder, not the caller's. Mosquitto
+    # takes the rest of the line as the path (spaces are fine), so only line breaks would break it.
+    text = str(path.absolute())
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"a Mosquitto config path cannot hold a line break: {text!r}")
+    return text
 
 
 def mosquitto_command(binary: str, config: Path) -> list[str]:

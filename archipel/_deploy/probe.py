@@ -8,18 +8,31 @@ clean with expiry 0, so the broker keeps nothing of it (nothing for Mosquitto to
 :func:`end_session` connects once under a client id with clean start, which makes the broker drop
 that id's session and whatever is queued for it. :func:`restore_subscriptions` resumes a session
 and subscribes it again, as its own client would.
+
+Each takes an optional login (``username``, ``password``) and TLS context. On a broker with access
+rules, log in as the user the rules are about: the supervisor's own login for :func:`probe` (its
+topic is then ``archipel-probe/{username}/{client_id}``, which its rules allow), and the
+consumer's login for :func:`restore_subscriptions` and :func:`end_session`: Mosquitto checks the
+read rules of a session's messages against the user who last connected it, so a session
+subscribed again by another user would silently drop its consumer's events while it is away.
+A refusal raises :class:`ProbeFailed` naming the step and the reason, e.g. "not authorized (0x87)".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._events.endpoint import reason_name
 
 PROBE_ROOT = "archipel-probe"  # outside every deployment's topic tree: observers never see probes
 
-_CONNECT, _CONNACK, _PUBLISH, _SUBSCRIBE, _SUBACK = 0x10, 0x20, 0x30, 0x82, 0x90
+_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _SUBSCRIBE, _SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
 _DISCONNECT = b"\xe0\x00"
+_PUBLISH_ID = 2  # the probe's QoS 1 publish; its SUBSCRIBE is packet 1
 
 
 class ProbeFailed(Exception):
@@ -44,14 +57,35 @@ def _packet(kind: int, body: bytes) -> bytes:
     return bytes([kind]) + _varint(len(body)) + body
 
 
-def _connect(client_id: str, session_expiry: int = 0) -> bytes:
+@dataclass(frozen=True)
+class _Login:
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a message or a log
+
+
+_ANONYMOUS = _Login()
+
+
+def probe_topic(client_id: str, username: str | None = None) -> str:
+    """The private topic of a probe: under the login's own branch when it has one, so access
+    rules can give each supervisor its probes and nothing else."""
+    return f"{PROBE_ROOT}/{username}/{client_id}" if username else f"{PROBE_ROOT}/{client_id}"
+
+
+def _connect(client_id: str, session_expiry: int = 0, login: _Login = _ANONYMOUS) -> bytes:
     # Protocol "MQTT" level 5; keep-alive 10 s. Expiry 0: clean start, nothing kept. Otherwise
     # resume the session (clean start off) and keep it that many seconds after we leave.
-    if not session_expiry:
-        return _packet(_CONNECT, _string("MQTT") + b"\x05\x02\x00\x0a\x00" + _string(client_id))
-    properties = b"\x11" + session_expiry.to_bytes(4, "big")
-    header = _string("MQTT") + b"\x05\x00\x00\x0a" + _varint(len(properties)) + properties
-    return _packet(_CONNECT, header + _string(client_id))
+    flags = 0x00 if session_expiry else 0x02
+    properties = b"\x11" + session_expiry.to_bytes(4, "big") if session_expiry else b""
+    payload = _string(client_id)
+    if login.username is not None:
+        flags |= 0x80
+        payload += _string(login.username)
+    if login.password is not None:
+        flags |= 0x40
+        payload += _string(login.password)  # binary data: the same 2-byte length prefix
+    header = _string("MQTT") + bytes([5, flags]) + b"\x00\x0a" + _varint(len(properties)) + properties
+    return _packet(_CONNECT, header + payload)
 
 
 def _subscribe(packet_id: int, topic_filter: str, qos: int, identifier: int | None) -> bytes:
@@ -73,14 +107,19 @@ async def _read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _handshake(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_id: str, session_expiry: int = 0
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    client_id: str,
+    session_expiry: int = 0,
+    login: _Login = _ANONYMOUS,
 ) -> None:
-    writer.write(_connect(client_id, session_expiry))
+    writer.write(_connect(client_id, session_expiry, login))
     kind, body = await _read(reader)
     if kind != _CONNACK or len(body) < 2:
         raise ProbeFailed(f"expected CONNACK, got packet type {kind >> 4}")
     if body[1] != 0:
-        raise ProbeFailed(f"CONNECT refused with reason code 0x{body[1]:02x}")
+        who = f"user {login.username!r}" if login.username else "an anonymous client"
+        raise ProbeFailed(f"CONNECT of {who} refused: {reason_name(body[1])}")
 
 
 async def _subscribed(
@@ -92,15 +131,23 @@ async def _subscribed(
     while (reply := await _read(reader))[0] & 0xF0 == _PUBLISH:
         pass
     kind, body = reply
-    if kind != _SUBACK or not body or body[-1] >= 0x80:
-        raise ProbeFailed(f"SUBSCRIBE to {topic_filter} refused")
+    if kind != _SUBACK or not body:
+        raise ProbeFailed(f"SUBSCRIBE to {topic_filter}: expected SUBACK, got packet type {kind >> 4}")
+    if body[-1] >= 0x80:
+        raise ProbeFailed(f"SUBSCRIBE to {topic_filter} refused: {reason_name(body[-1])}")
 
 
 async def _round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, topic: str) -> None:
     await _subscribed(reader, writer, _subscribe(1, topic, 0, None), topic)
-    writer.write(_packet(_PUBLISH, _string(topic) + b"\x00" + b"ping"))
-    while (await _read(reader))[0] & 0xF0 != _PUBLISH:
-        pass  # anything else (none expected) is skipped until our message comes back
+    # QoS 1, so a broker that refuses the publish says so (PUBACK reason) instead of dropping it.
+    # Our message coming back (at QoS 0, as subscribed) ends the probe without waiting for the
+    # PUBACK, which a broker without TCP_NODELAY may hold back for a delayed ACK (40 ms).
+    packet_id = _PUBLISH_ID.to_bytes(2, "big")
+    writer.write(_packet(_PUBLISH | 0x02, _string(topic) + packet_id + b"\x00" + b"ping"))
+    while (reply := await _read(reader))[0] & 0xF0 != _PUBLISH:
+        kind, body = reply
+        if kind == _PUBACK and body[:2] == packet_id and len(body) > 2 and body[2] >= 0x80:
+            raise ProbeFailed(f"PUBLISH to {topic} refused: {reason_name(body[2])}")
 
 
 async def _exchange(
@@ -111,16 +158,19 @@ async def _exchange(
     round_trip: bool = False,
     session_expiry: int = 0,
     filters: Sequence[tuple[str, int]] = (),
+    login: _Login = _ANONYMOUS,
+    tls: ssl.SSLContext | None = None,
 ) -> float:
     loop = asyncio.get_running_loop()
     started = loop.time()
     writer: asyncio.StreamWriter | None = None
+    url = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            await _handshake(reader, writer, client_id, session_expiry)
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            await _handshake(reader, writer, client_id, session_expiry, login)
             if round_trip:
-                await _round_trip(reader, writer, f"{PROBE_ROOT}/{client_id}")
+                await _round_trip(reader, writer, probe_topic(client_id, login.username))
             for packet_id, (topic_filter, identifier) in enumerate(filters, start=1):
                 # QoS 1, as the bus subscribes; one packet each: the identifier is per SUBSCRIBE.
                 await _subscribed(
@@ -129,9 +179,11 @@ async def _exchange(
             writer.write(_DISCONNECT)
             await writer.drain()
     except TimeoutError:
-        raise ProbeFailed(f"no answer from mqtt://{host}:{port} within {timeout:g}s") from None
+        raise ProbeFailed(f"no answer from {url} within {timeout:g}s") from None
+    except ProbeFailed as exc:
+        raise ProbeFailed(f"{url}: {exc}") from None
     except (OSError, asyncio.IncompleteReadError) as exc:
-        raise ProbeFailed(f"mqtt://{host}:{port}: {type(exc).__name__}: {exc}") from None
+        raise ProbeFailed(f"{url}: {type(exc).__name__}: {exc}") from None
     finally:
         if writer is not None:
             with contextlib.suppress(OSError):
@@ -139,9 +191,19 @@ async def _exchange(
     return loop.time() - started
 
 
-async def probe(host: str, port: int, client_id: str, timeout: float = 1.0) -> float:
+async def probe(
+    host: str,
+    port: int,
+    client_id: str,
+    timeout: float = 1.0,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> float:
     """Seconds one publish/subscribe round trip took; raises :class:`ProbeFailed`."""
-    return await _exchange(host, port, client_id, timeout, round_trip=True)
+    login = _Login(username, password)
+    return await _exchange(host, port, client_id, timeout, round_trip=True, login=login, tls=tls)
 
 
 async def restore_subscriptions(
@@ -151,18 +213,41 @@ async def restore_subscriptions(
     filters: Sequence[tuple[str, int]],
     session_expiry: int,
     timeout: float = 5.0,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Resume ``client_id``'s session and subscribe it to ``filters`` (filter, subscription
     identifier) at QoS 1, then leave it for ``session_expiry`` seconds; raises ProbeFailed.
+    Log in as the session's own user (see the module doc).
 
     A connected client with that id is disconnected by the broker (session takeover).
     """
-    await _exchange(host, port, client_id, timeout, session_expiry=session_expiry, filters=filters)
+    await _exchange(
+        host,
+        port,
+        client_id,
+        timeout,
+        session_expiry=session_expiry,
+        filters=filters,
+        login=_Login(username, password),
+        tls=tls,
+    )
 
 
-async def end_session(host: str, port: int, client_id: str, timeout: float = 5.0) -> None:
+async def end_session(
+    host: str,
+    port: int,
+    client_id: str,
+    timeout: float = 5.0,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     """Drop ``client_id``'s session on the broker, with what is queued for it; raises ProbeFailed.
 
     A connected client with that id is disconnected by the broker (session takeover).
     """
-    await _exchange(host, port, client_id, timeout)
+    await _exchange(host, port, client_id, timeout, login=_Login(username, password), tls=tls)

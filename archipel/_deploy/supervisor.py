@@ -34,6 +34,7 @@ from .._app import App
 from .._events.mqtt import SESSION_EXPIRY, parse_broker_url, shared_filter, subscription_id
 from .._rpc.server import DEFAULT_MAX_BODY
 from .._runtime import DATA_DIR_VAR
+from .._security.acl import broker_auth_files
 from .._security.keyring import KEYRING_VAR, OPERATOR, Keyring, keyring_for
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
 from .._security.tls import TlsFiles
@@ -51,6 +52,7 @@ from .children import (
     terminate,
 )
 from .hygiene import die_with_parent
+from .logins import BrokerLogins
 from .mosquitto import find_mosquitto, mosquitto_command, write_config
 from .plan import Mode, ProcessPlan
 from .probe import ProbeFailed, end_session, probe, restore_subscriptions
@@ -187,6 +189,14 @@ class Supervisor:
         """Keys to call any service of this deployment as the operator (tools and tests)."""
         return keyring_for(self.app, self.deployment, OPERATOR, (), self._secrets, operator=True)
 
+    @property
+    def logins(self) -> BrokerLogins:
+        """The broker logins of this deployment (none on rumqttd, which checks none)."""
+        assert self.broker_url is not None, "no broker"
+        return BrokerLogins(
+            self.deployment, self._secrets[0], self.broker_url, self.tls, self.broker_kind != RUMQTTD
+        )
+
     def auth_headers(self, service: str) -> dict[str, str]:
         """The operator's credential for ``service``: its internal methods, and /metrics and
         /openapi.json of the processes hosting it."""
@@ -302,9 +312,19 @@ class Supervisor:
                 "consumer is down are LOST. Install mosquitto (apt-get install mosquitto) to keep them."
             )
         port = self._broker_port or free_port(self.host)
+        scheme = "mqtt"
         if kind == "mosquitto":
             assert self._mosquitto is not None
-            config = write_config(self.broker_dir, self.host, port)
+            # Its logins and ACL, written anew from the app and the secret at every start.
+            processes = {plan.name: list(plan.services) for plan in self.plans}
+            passwords, acl = broker_auth_files(
+                self.app, self.deployment, processes, self._secrets[0], self.broker_dir
+            )
+            tls = self.tls if self.tls.serves_https else None  # with HTTPS, mqtts:// too
+            scheme = "mqtts" if tls is not None else "mqtt"
+            config = write_config(
+                self.broker_dir, self.host, port, password_file=passwords, acl_file=acl, tls=tls
+            )
             command, cwd = mosquitto_command(self._mosquitto, config), str(self.broker_dir)
         else:
             command = [
@@ -317,7 +337,7 @@ class Supervisor:
                 str(port),
             ]
             cwd = None
-        self.broker = Child("broker", command, self._env, url=f"mqtt://{self.host}:{port}", cwd=cwd)
+        self.broker = Child("broker", command, self._env, url=f"{scheme}://{self.host}:{port}", cwd=cwd)
         self.broker_url = self.broker.url
         await self._launch(self.broker)
         await self._wait_broker(self.broker, timeout)
@@ -357,6 +377,7 @@ class Supervisor:
                     internal=self.mode == "microservices",
                     authenticate=self._authenticate,
                     open_endpoints=self._open_endpoints,
+                    broker_login=self.broker_kind != RUMQTTD,
                 )
                 keyring = keyring_for(
                     self.app, self.deployment, process.name, process.services, self._secrets
@@ -424,7 +445,7 @@ class Supervisor:
             self._check_alive(broker)
             try:
                 # Not the watchdog's client id: the same id would take the other's connection over.
-                await probe(host, port, f"{self._probe_id}-start")
+                await probe(host, port, f"{self._probe_id}-start", **self.logins.supervisor())
                 break
             except ProbeFailed as exc:
                 if time.monotonic() > deadline:
@@ -527,7 +548,12 @@ class Supervisor:
             session = client_id(self.deployment, child.name, child.replica)
             try:
                 await restore_subscriptions(
-                    host, port, session, [(f, subscription_id(f)) for f in filters], SESSION_EXPIRY
+                    host,
+                    port,
+                    session,
+                    [(f, subscription_id(f)) for f in filters],
+                    SESSION_EXPIRY,
+                    **self.logins.process(child.name),  # as the consumer: see _deploy.logins
                 )
             except ProbeFailed as exc:
                 raise StartupError(f"could not restore the subscriptions of {child.label}: {exc}") from None
@@ -542,7 +568,7 @@ class Supervisor:
 
     async def _probe(self, host: str, port: int) -> str | None:
         try:
-            await probe(host, port, self._probe_id, timeout=self._probe_interval)
+            await probe(host, port, self._probe_id, timeout=self._probe_interval, **self.logins.supervisor())
         except ProbeFailed as exc:
             return str(exc)
         return None
@@ -609,7 +635,8 @@ class Supervisor:
         await terminate([child], self._grace)
         if self.broker_url is not None and self.mode == "microservices" and self._durable:
             host, port = parse_broker_url(self.broker_url)
-            await end_session(host, port, client_id(self.deployment, child.name, child.replica))
+            session = client_id(self.deployment, child.name, child.replica)
+            await end_session(host, port, session, **self.logins.process(child.name))
         log.info("retired %s", child.label)
         self._changed()
 

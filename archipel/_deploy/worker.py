@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import os
+import ssl
 import sys
 
 import msgspec
@@ -56,6 +57,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     internal: bool = True  # serve internal methods (to callers with a credential); a monolith does not
     authenticate: bool = True  # False serves internal methods to anyone: development only
     open_endpoints: list[str] = msgspec.field(default_factory=list)  # of _rpc.server.OBSERVABLE
+    broker_login: bool = True  # log in to the broker with the keyring's login (not on rumqttd)
 
 
 class InsecureConfiguration(DefinitionError):
@@ -78,11 +80,14 @@ def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> 
             f"process {spec.name!r} serves internal methods but has no credentials to check its callers: "
             f"set {SECRET_VAR} (or {SECRET_FILE_VAR}) to the deployment's secret"
         )
+    tls = TlsFiles.from_env()
     bus: EventBus
     if spec.broker is None:
         bus = LocalBus()
     else:
-        from .._events.mqtt import MqttBus
+        from .._events.mqtt import MqttBus, broker_tls
+
+        login = keyring is not None and spec.broker_login
 
         bus = MqttBus(
             spec.broker,
@@ -90,8 +95,10 @@ def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> 
             client_id=client_id(deployment, spec.name, spec.replica),
             durable=spec.durable,
             drain_timeout=spec.drain,
+            username=keyring.mqtt_username if login and keyring is not None else None,
+            password=keyring.mqtt_password if login and keyring is not None else None,
+            tls=(tls.client_context() or ssl.create_default_context()) if broker_tls(spec.broker) else None,
         )
-    tls = TlsFiles.from_env()
     transport = HttpTransport(
         spec.peers, signer=Signer(keyring) if keyring is not None else None, ssl=tls.client_context()
     )

@@ -18,6 +18,10 @@ silently drops the others, so one group name per (service, topic) works on every
 
 Dead letters travel on ``{app}/$dead/{topic}``. MQTT only reserves a *leading* ``$``, but zmqtt's
 ``publish`` refuses ``$`` anywhere, so dead letters go through its protocol layer directly.
+
+A bus logs in with ``username``/``password`` when given (each process its own: ``_security.acl``)
+and speaks TLS on ``mqtts://``. A refused login fails ``start()`` at once, a refused publish raises
+(``_events.endpoint``), naming the broker, the user and the reason, never the password.
 """
 
 from __future__ import annotations
@@ -27,16 +31,18 @@ import contextlib
 import datetime
 import hashlib
 import logging
+import ssl
 import uuid
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import msgspec
 from zmqtt import Message as MqttMessage
 from zmqtt import (
     MQTTClient,
+    MQTTConnectError,
     MQTTDisconnectedError,
     MQTTError,
+    MQTTPublishError,
     PublishProperties,
     QoS,
     ReconnectConfig,
@@ -46,6 +52,11 @@ from zmqtt._internal.packets.publish import Publish
 
 from .._telemetry.metrics import EVENTS_ACKED
 from .bus import DEAD_PREFIX, Envelope, Handler
+from .endpoint import DEFAULT_PORT as DEFAULT_PORT
+from .endpoint import BrokerRefused as BrokerRefused
+from .endpoint import PublishRefused as PublishRefused
+from .endpoint import broker_tls as broker_tls
+from .endpoint import parse_broker_url as parse_broker_url
 
 log = logging.getLogger("archipel.mqtt")
 
@@ -75,21 +86,6 @@ class _Route:
     handlers: list[Handler]
     manual_ack: bool
     subscription: Subscription | None = None
-
-
-DEFAULT_PORT = 1883
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` -> ``(host, port)``; the port defaults to 1883."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # a port that is not a number or out of range
-        raise ValueError(f"bad broker URL {url!r}: {exc}") from exc
-    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"bad broker URL {url!r}: expected mqtt://host[:port]")
-    return parts.hostname, port if port is not None else DEFAULT_PORT
 
 
 def wire_topic(app: str, topic: str) -> str:
@@ -150,7 +146,7 @@ def decode_message(app: str, message: MqttMessage) -> Envelope:
 
 
 class MqttBus:
-    """EventBus over an MQTT 5 broker (``mqtt://host:port``).
+    """EventBus over an MQTT 5 broker (``mqtt://host:port``, or ``mqtts://host:port`` for TLS).
 
     ``app`` is the topic root: the deployment's name (the app's name unless configured), which
     also prefixes share-group names, so two deployments on one broker never mix.
@@ -158,6 +154,8 @@ class MqttBus:
     expiry): events published while this process is down wait for it. ``durable=False`` starts
     clean, for tests and observers. ``max_inflight`` bounds the handlers running at once; beyond
     it messages wait in the client's buffer and, unacked, in the broker.
+    ``username``/``password``: the broker login (none: anonymous). ``tls``: the context of an
+    ``mqtts://`` connection (default: the system's trusted CAs, host name checked).
     """
 
     def __init__(
@@ -171,6 +169,9 @@ class MqttBus:
         connect_timeout: float = 30.0,
         publish_timeout: float = 30.0,
         drain_timeout: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
@@ -178,8 +179,13 @@ class MqttBus:
         self.app = app
         self.client_id = client_id
         self.durable = durable
+        self.username = username
         self.stats = BusStats()
         self._host, self._port = parse_broker_url(url)
+        if tls is not None and not broker_tls(url):
+            raise ValueError(f"a TLS context was given for {url}; use mqtts://{self._host}:{self._port}")
+        self._tls = tls if tls is not None or not broker_tls(url) else ssl.create_default_context()
+        self._password = password  # never logged, never in a message
         self._max_inflight = max_inflight
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
@@ -221,13 +227,21 @@ class MqttBus:
             # A service keeps trying while the broker restarts; the supervisor decides when to give up.
             reconnect=ReconnectConfig(initial_delay=0.2, max_delay=5.0, max_attempts=None),
             mqtt_connect_timeout=10.0,
+            username=self.username,
+            password=self._password,
+            tls=self._tls,
         )
         try:
             await asyncio.wait_for(client.connect(), self._connect_timeout)
         except TimeoutError as exc:
+            # zmqtt retries a failed TLS handshake like any network error (and logs why).
+            hint = "; is its certificate trusted and issued for that host?" if self._tls else ""
             raise ConnectionError(
-                f"MQTT broker {self.url} not reachable within {self._connect_timeout}s"
+                f"MQTT broker {self.url} not reachable within {self._connect_timeout}s{hint}"
             ) from exc
+        except MQTTConnectError as exc:
+            # zmqtt never retries a refused CONNECT: fail now, naming who was refused and why.
+            raise BrokerRefused(self.url, self.username, exc.return_code) from None
         self._client = client
         routes = list(self._routes.values())
         if self._observers:
@@ -291,6 +305,8 @@ class MqttBus:
                         await _publish_unchecked(client, topic, payload, properties)
                     else:
                         await client.publish(topic, payload, qos=QoS.AT_LEAST_ONCE, properties=properties)
+            except MQTTPublishError as exc:
+                raise PublishRefused(self.url, self.username, topic, exc.reason_code) from None
             except (MQTTDisconnectedError, ConnectionError):
                 if self._client is not client:
                     raise

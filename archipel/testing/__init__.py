@@ -294,7 +294,11 @@ async def _microservices(
     assert supervisor.broker_url is not None
     root = supervisor.deployment
     observer = MqttBus(
-        supervisor.broker_url, root, client_id=f"{root}-test-observer-{os.getpid()}", durable=False
+        supervisor.broker_url,
+        root,
+        client_id=f"{root}-test-observer-{os.getpid()}",
+        durable=False,
+        **supervisor.logins.observer(),  # read-only: sees every event, may publish none
     )
     observer.observe(events.record)
     operator = supervisor.operator_keyring()

@@ -1,0 +1,115 @@
+"""``archipel broker-auth``: the logins and access rules of a deployment, for an external Mosquitto.
+
+Writes ``passwords`` (hashed, mode 0600), ``acl`` and a ``mosquitto.conf`` snippet into a folder.
+The passwords derive from the deployment's secret (``ARCHIPEL_SECRET`` or ``ARCHIPEL_SECRET_FILE``),
+which the processes hold too, so nothing else needs handing out; run it again after a change of
+the app, the placement or the secret, then have Mosquitto reload (SIGHUP).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from .._app import App
+from .._deploy.plan import plan
+from .._deploy.settings import ConfigError, Settings, find_settings, load_settings
+from .._errors import DefinitionError
+from .._loader import AppNotFound, load_app
+from .acl import broker_auth_files
+from .secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
+
+broker_files = typer.Typer(add_completion=False, help="Broker logins and access rules.")
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+CONFIG_SNIPPET = "mosquitto.conf"
+
+_SNIPPET = """\
+# Written by `archipel broker-auth` for deployment {deployment}: add these lines to the broker's
+# configuration. Mosquitto must be able to read both files (they are mode 0600: chown them to
+# the user it runs as, e.g. mosquitto). Rewrite them after a change of app, placement or secret,
+# then reload Mosquitto (SIGHUP).
+listener {port}{host}
+allow_anonymous false
+password_file {passwords}
+acl_file {acl}
+"""
+
+
+def _fail(message: str) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config) if config else find_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _load(reference: str | None, settings: Settings) -> App:
+    reference = reference or settings.app
+    if not reference:
+        _fail("no app given: pass APP (module:attribute or file.py) or set app in archipel.toml")
+    try:
+        app = load_app(reference)
+        app.validate()
+    except (AppNotFound, DefinitionError) as exc:
+        _fail(str(exc))
+    return app
+
+
+def _secret() -> bytes:
+    try:
+        found = load_secrets()
+    except SecretError as exc:  # its message names the variable, never the secret
+        _fail(str(exc))
+    if not found:
+        _fail(
+            f"no deployment secret: set {SECRET_VAR} or {SECRET_FILE_VAR} (the secret the "
+            "deployment's processes get; the passwords are derived from it)"
+        )
+    return found[0]  # the current one, as the processes' keyrings use
+
+
+@broker_files.command("broker-auth")
+def broker_auth(
+    out: Annotated[Path, typer.Option(help="the folder to write passwords, acl and mosquitto.conf into")],
+    app: Annotated[str | None, typer.Argument(help="module:attribute or path/to/file.py[:attribute]")] = None,
+    deployment: Annotated[
+        str | None, typer.Option(help="the deployment name (topic root); default: the app's name")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="archipel.toml or pyproject.toml")] = None,
+    port: Annotated[int, typer.Option(help="the broker's listener port, in the snippet")] = 1883,
+    host: Annotated[str | None, typer.Option(help="the listener's address; default: every one")] = None,
+) -> None:
+    """Write the broker logins of APP's processes (one per process, from the placement in the
+    settings' groups), the supervisor's and the observer's, and their access rules."""
+    settings = _settings(config)
+    the_app = _load(app, settings)
+    name = deployment or settings.deployment or the_app.name
+    try:
+        processes = {p.name: p.services for p in plan(the_app, "microservices", settings.groups)}
+    except DefinitionError as exc:
+        _fail(str(exc))
+    secret = _secret()
+    folder = out.absolute()
+    try:
+        passwords, acl = broker_auth_files(the_app, name, processes, secret, folder)
+    except ValueError as exc:
+        _fail(str(exc))
+    snippet = folder / CONFIG_SNIPPET
+    snippet.write_text(
+        _SNIPPET.format(
+            deployment=name, port=port, host=f" {host}" if host else "", passwords=passwords, acl=acl
+        )
+    )
+    console.print(f"broker logins of deployment {name!r} ({len(processes)} process(es)) written to {folder}:")
+    for path in (passwords, acl, snippet):
+        console.print(f"  {path.name}")
+    console.print(f"each process logs in as {name}.PROCESS, its password derived from the secret")
