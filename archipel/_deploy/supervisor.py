@@ -353,7 +353,9 @@ class Supervisor:
                 index += 1
         peers: dict[str, list[str]] = {}
         for process in self.plans:
-            urls = [f"{self.tls.scheme}://{self.host}:{ports[process.name, r]}" for r in range(process.replicas)]
+            urls = [
+                f"{self.tls.scheme}://{self.host}:{ports[process.name, r]}" for r in range(process.replicas)
+            ]
             for service in process.services:
                 peers[service] = urls
         for process in self.plans:

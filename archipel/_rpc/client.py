@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from ssl import SSLContext
 from collections.abc import Iterator, Mapping, Sequence
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp

@@ -60,7 +60,9 @@ class TlsFiles:
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert, self.key)
             except ssl.SSLError as exc:
-                raise TlsError(f"{CERT_VAR}/{KEY_VAR}: not a certificate and its key ({exc.reason})") from None
+                raise TlsError(
+                    f"{CERT_VAR}/{KEY_VAR}: not a certificate and its key ({exc.reason})"
+                ) from None
 
     def client_context(self) -> ssl.SSLContext | None:
         """What callers verify servers with: the CA when one is set, else None (the defaults)."""
