@@ -30,6 +30,13 @@ def doc_commands() -> list[tuple[str, str]]:
     return pairs
 
 
+def readme_commands() -> list[str]:
+    """The commands of the README's "Who can call what" block, comments dropped."""
+    section = (ROOT / "README.md").read_text().split("## Who can call what", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
 def expected(comment: str) -> str:
     """What the output must contain: the comment up to an ellipsis or a parenthesised aside."""
     return re.split(r"\.\.\.|\s{2,}\(", comment, maxsplit=1)[0].strip()
@@ -63,6 +70,21 @@ def test_the_security_commands_of_the_docs_do_what_they_say(tmp_path: Path) -> N
                 assert result.returncode == 0 and "archipel_rpc_requests_total" in said, (command, said[:300])
             else:
                 assert result.returncode == 0 and expected(comment) in said, (command, comment, said)
+        for command in readme_commands():
+            line = command.replace("ARCHIPEL_SECRET=...", "ARCHIPEL_SECRET=readme-secret-0123456789abcdef")
+            line = line.replace(" app.py ", f" {ROOT / 'examples/boutique/boutique/app.py'}:app ")
+            result = subprocess.run(
+                ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 0, (command, result.stdout + result.stderr)
+            if command.startswith("archipel token"):
+                assert result.stdout.startswith("Bearer v1.operator.payment."), result.stdout
+            elif command.startswith("archipel call"):
+                assert result.stdout.strip() == "[]", result.stdout
+            else:  # broker-auth: the files an external Mosquitto includes
+                files = {path.name for path in (tmp_path / "broker-auth").iterdir()}
+                assert {"passwords", "acl", "mosquitto.conf"} <= files, files
+                assert "readme-secret" not in (tmp_path / "broker-auth" / "passwords").read_text()
     finally:
         if runner.poll() is None:
             runner.send_signal(signal.SIGINT)
