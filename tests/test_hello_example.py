@@ -101,6 +101,10 @@ def _post(url: str, body: dict[str, str]) -> dict[str, Any]:
     return result
 
 
+def _curl(line: str) -> str:
+    return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30, check=True).stdout
+
+
 def test_readme_commands_run_and_stop_cleanly(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     log = (tmp_path / "run.log").open("w+")
@@ -121,6 +125,16 @@ def test_readme_commands_run_and_stop_cleanly(tmp_path: Path) -> None:
 
         greeting = _post(processes["greeter"]["url"] + "/greeter/greet", {"name": "ada"})
         assert greeting["message"] == "Hello, Ada!"
+
+        # The README's internal call: refused from outside, answered with the operator's credential.
+        normalize = processes["names"]["url"] + "/names/normalize"
+        refused = _curl(f"""curl -s -X POST {normalize} -d '{{"name":"ada"}}'""")
+        assert json.loads(refused)["error"]["kind"] == "unauthenticated"
+        token = f"{' '.join(_archipel())} token names --state-dir {state_dir}"
+        answered = _curl(
+            f"""curl -s -X POST {normalize} -d '{{"name":"ada"}}' -H "authorization: $({token})\""""
+        )
+        assert json.loads(answered) == "Ada"
 
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=20) == 0
