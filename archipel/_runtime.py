@@ -9,6 +9,7 @@ every policy is an interceptor of the chain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ from ._state import (
     stage_event,
 )
 from ._state.interceptors import InboxInterceptor, UnitOfWorkInterceptor
+from ._state.records import parse_replay_topic
 from ._telemetry.metrics import EVENTS_PUBLISHED
 
 log = logging.getLogger("archipel.runtime")
@@ -92,6 +94,7 @@ class Runtime:
             bus.publish, self.interceptors, redelivery_window=window, on_dead=self._record_dead
         )
         self.instances: dict[str, Service] = {}
+        self._replays: dict[str, Callable[[Envelope], Awaitable[None]]] = {}  # "service.handler" ->
         self._started = False
 
     async def start(self) -> None:
@@ -111,7 +114,9 @@ class Runtime:
             for attr, dependency in spec.dependencies.items():
                 setattr(instance, attr, self.target(dependency.__service_name__, caller=name))
             for handler in spec.handlers:
-                self.bus.subscribe(name, handler.topic, self.dispatcher.handler(instance, handler))
+                dispatch = self.dispatcher.handler(instance, handler)
+                self.bus.subscribe(name, handler.topic, dispatch)
+                self._replays[f"{name}.{handler.name}"] = dispatch
         started: list[Service] = []
         try:
             for instance in self.instances.values():
@@ -119,7 +124,7 @@ class Runtime:
                 started.append(instance)
             await self.bus.start()
             for name, store in self.stores.items():
-                relay = OutboxRelay(store, self.bus.publish, owner=f"{self.instance}.{name}")
+                relay = OutboxRelay(store, self._relay_sink, owner=f"{self.instance}.{name}")
                 await relay.start()
                 self._relays.append(relay)
         except BaseException:
@@ -152,6 +157,20 @@ class Runtime:
         self.stores.clear()  # cleared in place: the state interceptors hold this dict's ``get``
         for name, store in stores.items():
             await _quietly(store.close(), f"closing the store of {name}")
+
+    async def _relay_sink(self, envelope: Envelope) -> None:
+        """Where the outbox goes: the bus, except a replayed dead letter, which goes to the handler
+        that gave up on it, here (``archipel events replay``); raising keeps it for a retry."""
+        replay = parse_replay_topic(envelope.topic)
+        if replay is None:
+            await self.bus.publish(envelope)
+            return
+        handler, topic = replay
+        dispatch = self._replays.get(handler)
+        if dispatch is None:
+            log.warning("dropped the replay of event %s: no handler %s in this process", envelope.id, handler)
+            return
+        await dispatch(dataclasses.replace(envelope, topic=topic))
 
     async def _record_dead(self, envelope: Envelope, letter: DeadLetter) -> None:
         store = self.stores.get(letter.handler.split(".")[0])

@@ -62,10 +62,10 @@ async def test_dead_letters_are_kept_listed_and_replayed_once(tmp_path: Path) ->
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stdout + replayed.stderr
         email = running.client(Email)
         assert await eventually(lambda: email.sent_mail(order), timeout=15) == "fixed@example.org: 20 EUR"
-        # The ledger took the replayed event too, and skipped it by its inbox, at once.
+        # The replay went to the handler that failed, and to no other consumer.
         assert await ledger.times_recorded(order) == 1
         assert _sample("archipel_inbox_duplicates_total", service="ledger", handler="ledger.record") == (
-            duplicates_before + 1
+            duplicates_before
         )
         assert (
             _sample("archipel_events_handled_total", service="ledger", handler="record", outcome="retried")
@@ -75,6 +75,29 @@ async def test_dead_letters_are_kept_listed_and_replayed_once(tmp_path: Path) ->
             archipel, "events", "dead", "tests/apps/shop.py:app", "--data-dir", str(tmp_path), "--json"
         )
         assert json.loads(empty.stdout) == []
+
+
+async def test_a_replay_in_microservices_reaches_the_failed_handler_not_the_broker(tmp_path: Path) -> None:
+    """The consumer may not publish what it consumes (the broker's ACL): its replay stays inside."""
+    fixed = tmp_path / "mailbox-fixed"
+    data = tmp_path / "data"
+    async with run_app(
+        app, "microservices", data_dir=data, env={"SHOP_MAILBOX_FIXED": str(fixed)}
+    ) as running:
+        order = await running.client(Checkout).place_order("u1", "broken@example.org", [Item("a", 2)])
+        await running.events.wait_for_dead_letter(
+            "orders/placed", lambda d: msgspec.json.decode(d.payload)["order_id"] == order
+        )
+        fixed.touch()  # the operator repaired the cause
+        replayed = await asyncio.to_thread(
+            archipel, "events", "replay", "tests/apps/shop.py:app", "--data-dir", str(data)
+        )
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stdout + replayed.stderr
+        email = running.client(Email)
+        assert await eventually(lambda: email.sent_mail(order), timeout=15) == "fixed@example.org: 20 EUR"
+        assert await running.client(Ledger).times_recorded(order) == 1
+        published = [e for e in running.events.envelopes if e.topic == "orders/placed"]
+        assert len(published) == 1  # the original only: nothing was published again
 
 
 def _exists(path: str) -> bool:

@@ -43,6 +43,7 @@ from archipel._state import (
     stage_event,
     unit_of_work,
 )
+from archipel._state.records import parse_replay_topic
 from archipel._telemetry.metrics import REGISTRY
 from tests.conftest import eventually
 from tests.test_state_postgres import PG_URL, drop_schema, new_schema_name, requires_postgres
@@ -564,16 +565,13 @@ async def test_dead_letters_are_kept_listed_removed_and_redriven(store: Store) -
     await store.record_dead(DeadLetterRecord.from_envelope(failed, "email.confirm", "later reason"))
     assert await store.list_dead() == [first, second]
     assert await store.list_dead(limit=1) == [first]
-    # Re-drive: the event goes out again under its own id, so handlers that took it skip it.
+    # Re-drive: the event again under its own id, addressed to the handler that gave up on it.
     await store.enqueue(first.to_outbox())
     assert await store.remove_dead([first.id, "unknown"]) == 1
     [again] = await store.outbox_claim("relay", 10, 30)
-    assert (again.id, again.topic, again.payload, again.source) == (
-        failed.id,
-        failed.topic,
-        failed.payload,
-        failed.source,
-    )
+    assert (again.id, again.payload, again.source) == (failed.id, failed.payload, failed.source)
+    assert parse_replay_topic(again.topic) == ("email.confirm", failed.topic)
+    assert parse_replay_topic(failed.topic) is None  # an ordinary event is published
     assert await store.list_dead() == [second]
 
 

@@ -1,10 +1,11 @@
 """``archipel events dead|replay``: look at dead letters and re-drive them.
 
 Dead letters are kept in the store of the service whose handler gave up (and published on
-``{root}/$dead/{topic}``). Replaying one puts the original event, same id, back into that
-service's outbox: the running process's relay publishes it within a second (or the next start
-does), every consumer gets it again, and those that had handled it skip it by their inbox, so
-only the handler that failed runs again.
+``{root}/$dead/{topic}``). Replaying one puts the original event, same id and attributes, back
+into that service's outbox, addressed to the handler that failed: the running process's relay
+hands it to that handler within a second (or the next start does), in-process. Nothing goes
+through the broker, so no other consumer sees it again and a consumer needs no right to publish
+what it consumes.
 """
 
 from __future__ import annotations

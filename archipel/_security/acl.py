@@ -7,10 +7,9 @@ with ``d`` the deployment and ``t`` an event topic:
 ==========================  ===============================================================
 ``d.{process}``             write ``d/t`` for each event its services emit (``emits=``);
                             read ``d/t`` for each topic its services handle (``@on``), and
-                            write ``d/$dead/t`` (its dead letters) and ``d/t`` (``archipel
-                            events replay`` puts a dead letter back into the *consumer's*
-                            outbox, so the consumer publishes it again; ``replays=False``
-                            drops that right and replays then fail with "not authorized")
+                            write ``d/$dead/t`` (its dead letters). Nothing else: ``archipel
+                            events replay`` hands a dead letter back to its handler inside
+                            the consumer's process, not through the broker
 ``d.supervisor``            read and write ``archipel-probe/d.supervisor/#`` (its probes)
 ``d.observer``              read ``d/#``: tests, ``mosquitto_sub``-style watching; no writes
 anonymous clients           nothing (``allow_anonymous false``, and no rules for them)
@@ -88,13 +87,11 @@ def observer_username(deployment: str) -> str:
     return mqtt_username(deployment, OBSERVER)
 
 
-def broker_users(
-    app: App, deployment: str, processes: Mapping[str, Sequence[str]], *, replays: bool = True
-) -> list[BrokerUser]:
+def broker_users(app: App, deployment: str, processes: Mapping[str, Sequence[str]]) -> list[BrokerUser]:
     """The logins of ``deployment``: one per process (process name -> its services), then the
     supervisor's and the observer's. Raises ValueError for an unknown service or a bad name."""
     _check_name("deployment", deployment)
-    users = [_process_user(app, deployment, name, services, replays) for name, services in processes.items()]
+    users = [_process_user(app, deployment, name, services) for name, services in processes.items()]
     probes = f"{PROBE_ROOT}/{supervisor_username(deployment)}/#"
     everything = wire_topic(deployment, "#")
     return [
@@ -104,9 +101,7 @@ def broker_users(
     ]
 
 
-def _process_user(
-    app: App, deployment: str, process: str, services: Sequence[str], replays: bool
-) -> BrokerUser:
+def _process_user(app: App, deployment: str, process: str, services: Sequence[str]) -> BrokerUser:
     _check_name("process", process)
     if process in (SUPERVISOR, OBSERVER):
         raise ValueError(f"process {process!r}: that name is the broker login of the {process}; rename it")
@@ -117,7 +112,7 @@ def _process_user(
     specs = [app.specs[name] for name in services]
     emitted = {event.__topic__ for spec in specs for event in spec.emits}
     handled = {handler.topic for spec in specs for handler in spec.handlers}
-    published = emitted | {DEAD_PREFIX + topic for topic in handled} | (handled if replays else set())
+    published = emitted | {DEAD_PREFIX + topic for topic in handled}
     return BrokerUser(
         mqtt_username(deployment, process),
         publish=sorted(wire_topic(deployment, topic) for topic in published),
@@ -179,12 +174,10 @@ def broker_auth_files(
     processes: Mapping[str, Sequence[str]],
     secret: bytes,
     directory: Path,
-    *,
-    replays: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``passwords`` and ``acl`` into ``directory`` for the logins of :func:`broker_users`,
     passwords derived from ``secret``; return (password file, ACL file)."""
-    users = broker_users(app, deployment, processes, replays=replays)
+    users = broker_users(app, deployment, processes)
     directory.mkdir(parents=True, exist_ok=True)
     passwords = {user.username: mqtt_password(secret, user.username) for user in users}
     return (

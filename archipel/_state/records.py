@@ -107,10 +107,13 @@ class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     def to_outbox(self) -> OutboxRecord:
-        """The event again, under its original id, so handlers that already took it skip it."""
+        """The event again, under its original id and attributes, addressed to the handler that
+        gave up on it (``REPLAY_PREFIX``): the consumer's relay hands it to that handler in its
+        own process, never to the broker, so a consumer needs no right to publish what it
+        consumes and no other consumer sees the event twice."""
         return OutboxRecord(
             id=self.event_id,
-            topic=self.topic,
+            topic=replay_topic(self.handler, self.topic),
             type=self.type,
             source=self.source,
             time=self.time,
@@ -118,6 +121,21 @@ class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True):
             payload=self.payload,
             created_at=time.time(),
         )
+
+
+REPLAY_PREFIX = "$replay/"  # outbox topic of a replayed dead letter: $replay/{service.handler}/{topic}
+
+
+def replay_topic(handler: str, topic: str) -> str:
+    return f"{REPLAY_PREFIX}{handler}/{topic}"
+
+
+def parse_replay_topic(topic: str) -> tuple[str, str] | None:
+    """``(handler, topic)`` of a replay's outbox topic, or None for an event to publish."""
+    if not topic.startswith(REPLAY_PREFIX):
+        return None
+    handler, _, original = topic[len(REPLAY_PREFIX) :].partition("/")
+    return handler, original
 
 
 # Table columns in field order, so rows and records convert without naming every field.

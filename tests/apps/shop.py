@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from archipel import App, Event, InvalidArgument, NotFound, Service, Struct, on, rpc
 
@@ -79,7 +80,7 @@ class Email(Service):
     async def confirm(self, event: OrderPlaced) -> None:
         if self.gate is not None:
             await self.gate.wait()
-        if self.mailbox_fixed and event.email.startswith("broken"):
+        if self._mailbox_fixed() and event.email.startswith("broken"):
             event = OrderPlaced(event.order_id, event.email.replace("broken", "fixed", 1), event.total)
         # "flaky": fails twice, then works; "broken": refused for good; "down": never works.
         if event.email.startswith(("flaky", "broken")):
@@ -92,6 +93,11 @@ class Email(Service):
         if event.email.startswith("down"):
             raise ConnectionError(f"mail server down for {event.email}")  # transient until the window ends
         self.sent[event.order_id] = f"{event.email}: {event.total.units} {event.total.currency}"
+
+    def _mailbox_fixed(self) -> bool:
+        # In another process the test cannot set the attribute: a file it touches says the same.
+        marker = os.environ.get("SHOP_MAILBOX_FIXED")
+        return self.mailbox_fixed or (marker is not None and os.path.exists(marker))
 
     @rpc
     async def sent_mail(self, order_id: str) -> str | None:
