@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from archipel._deploy import supervisor as supervisor_module
+from archipel._deploy import brokers as brokers_module
 from archipel._deploy.mosquitto import DATABASE_NAME
 from archipel._deploy.plan import plan
 from archipel._deploy.supervisor import Child, Supervisor
@@ -264,7 +264,7 @@ async def test_a_retired_replica_ends_its_session_so_no_share_is_stranded(tmp_pa
 async def test_without_mosquitto_the_embedded_broker_falls_back_to_rumqttd_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(supervisor_module, "find_mosquitto", lambda: None)
+    monkeypatch.setattr(brokers_module, "find_mosquitto", lambda: None)
     app = load_app(SHOP)
     supervisor = Supervisor(SHOP, app, [], mode="microservices", data_dir=tmp_path)
     assert supervisor.broker_kind == "rumqttd" and not supervisor.durable

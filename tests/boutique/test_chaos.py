@@ -231,7 +231,8 @@ async def test_the_monolith_killed_under_load_loses_nothing_and_does_nothing_twi
             pressing again while the killed monolith is down; the form's order id makes it one order."""
             order_id = new_order_id()
             form = {**checkout_form(f"mono-{number}@example.org"), "order_id": order_id}
-            async with aiohttp.ClientSession() as web:  # its own cookies: its own basket
+            # Its own cookies, its own basket (unsafe=True: else aiohttp drops cookies of an IP address).
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
                 for path, data in (
                     ("/basket/add", {"product_id": "tea-towel", "quantity": "1"}),
                     ("/order", form),
@@ -315,9 +316,11 @@ def _start_monolith(state: Path, data: Path) -> subprocess.Popen[str]:
             "0",
             "--state-dir",
             str(state),
+            "--data-dir",
+            str(data),
             "--quiet",
         ],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "ARCHIPEL_DATA_DIR": str(data)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
