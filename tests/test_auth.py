@@ -164,3 +164,12 @@ async def test_processes_get_their_keys_but_never_the_secret() -> None:
             environ = await asyncio.to_thread(Path(f"/proc/{running.pid_of(service)}/environ").read_bytes)
             assert SECRET.encode() not in environ, service
             assert b"ARCHIPEL_KEYRING=" in environ  # its own keys, handed over by the supervisor
+
+
+async def test_the_monolith_documents_only_what_it_serves() -> None:
+    async with run_app(app, "monolith") as running, aiohttp.ClientSession() as http:
+        base = running.url_of("checkout")
+        async with http.get(base + "/openapi.json", headers=running.auth_headers("checkout")) as response:
+            paths = set((await response.json())["paths"])
+    assert "/checkout/place_order" in paths  # public
+    assert "/ledger/correct" not in paths and "/currency/convert" not in paths  # internal: not served

@@ -16,6 +16,7 @@ hot path (measured: a framework costs 2-4.5x the server CPU of raw ASGI; ADR 000
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -298,7 +299,13 @@ class RpcServer:
 
     async def _openapi_json(self, send: Send) -> None:
         if self._openapi is None:
-            specs = [self.runtime.app.specs[name] for name in self.runtime.local]
+            # What this process serves, and nothing else: a monolith's document has no internal method.
+            specs = [
+                dataclasses.replace(
+                    spec, methods={m: s for m, s in spec.methods.items() if s.public or self.internal}
+                )
+                for spec in (self.runtime.app.specs[name] for name in self.runtime.local)
+            ]
             self._openapi = msgspec.json.encode(openapi_document(self.runtime.app.name, specs))
         await _respond(send, 200, self._openapi)
 
