@@ -55,6 +55,7 @@ from archipel._security.secrets import mqtt_password
 from archipel._security.tls import TlsFiles
 from tests.apps.shop import Money, OrderPlaced
 from tests.apps.shop import app as shop
+from tests.test_mqtt_bus import Inbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,27 +136,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         pytest.skip("mosquitto is not installed")
     with private_broker(tmp_path_factory.mktemp("acl")) as running:
         yield running
-
-
-class Inbox:
-    """Collects envelopes; ``await inbox.wait(n)`` returns once ``n`` have arrived."""
-
-    def __init__(self) -> None:
-        self.items: list[Envelope] = []
-        self._changed = asyncio.Condition()
-
-    async def __call__(self, envelope: Envelope) -> None:
-        async with self._changed:
-            self.items.append(envelope)
-            self._changed.notify_all()
-
-    async def wait(self, n: int) -> list[Envelope]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.items) >= n), WAIT)
-        return self.items
-
-    def ids(self) -> list[str]:
-        return [item.id for item in self.items]
 
 
 def envelope(order: str, topic: str = "orders/placed") -> Envelope:

@@ -51,6 +51,9 @@ class Inbox:
             await asyncio.wait_for(self._changed.wait_for(lambda: len(self.items) >= n), within)
         return self.items
 
+    def ids(self) -> list[str]:
+        return [item.id for item in self.items]
+
 
 @pytest.fixture(scope="module")
 def embedded() -> Iterator[EmbeddedBroker]:
