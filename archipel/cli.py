@@ -25,7 +25,7 @@ from ._events.commands import events
 from ._loader import AppNotFound, load_app
 from ._model import Service
 from ._resilience.policies import Policies
-from ._rpc.commands import call, token
+from ._rpc.commands import broker_login, call, token
 from ._rpc.openapi import openapi_document
 from ._security.commands import broker_files
 from ._security.tls import TlsFiles
@@ -35,6 +35,7 @@ cli.add_typer(events, name="events")
 cli.add_typer(broker_files)  # archipel broker-auth
 cli.command()(call)
 cli.command()(token)
+cli.command("broker-login")(broker_login)
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 

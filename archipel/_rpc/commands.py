@@ -1,4 +1,5 @@
-"""``archipel call`` and ``archipel token``: talk to a running deployment as its operator.
+"""``archipel call``, ``archipel token`` and ``archipel broker-login``: talk to a running
+deployment as its operator.
 
 Both read the deployment from the state ``archipel run`` keeps (``--state-dir``), and its secret
 from ``ARCHIPEL_SECRET``/``ARCHIPEL_SECRET_FILE`` or from the deployment's data directory. The
@@ -8,6 +9,7 @@ secret itself is never printed; ``token`` prints a credential that expires withi
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -112,3 +114,27 @@ def call(
         raise typer.Exit(1) from None
     except OSError as exc:
         _fail(f"{urls[0]} did not answer: {exc}")
+
+
+def broker_login(state_dir: StateDir = Path(".archipel")) -> None:
+    """Print mosquitto_sub's options to watch the running deployment's events (read-only login):
+    mosquitto_sub -V 5 $(archipel broker-login) -t 'DEPLOYMENT/#' -v"""
+    from .._events.mqtt import broker_tls, parse_broker_url
+    from .._security.acl import observer_username
+    from .._security.secrets import mqtt_password
+    from .._security.tls import CA_VAR
+
+    data = _deployment(state_dir)
+    url = str(data.get("broker") or "")
+    if not url:
+        _fail(
+            f"deployment {data['deployment']!r} runs without a broker (a monolith's events stay in-process)"
+        )
+    host, port = parse_broker_url(url)
+    username = observer_username(data["deployment"])
+    options = ["-h", host, "-p", str(port), "-u", username, "-P", mqtt_password(_secret(data), username)]
+    if broker_tls(url):
+        options += (
+            ["--cafile", os.environ[CA_VAR]] if os.environ.get(CA_VAR) else ["--capath", "/etc/ssl/certs"]
+        )
+    typer.echo(" ".join(options))
