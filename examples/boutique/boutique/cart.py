@@ -11,12 +11,21 @@ import os
 import re
 from typing import Any, Protocol
 
-from archipel import Collection, InvalidArgument, Service, collection, on, rpc
+from archipel import Collection, Conflict, InvalidArgument, Service, collection, on, rpc
 
-from .types import CartContents, CartItem, OrderPlaced
+from .types import (
+    MAX_ID,
+    MAX_QUANTITY,
+    CartContents,
+    CartItem,
+    OrderPlaced,
+    ProductId,
+    RequestedQuantity,
+    UserId,
+)
 
-MAX_QUANTITY = 100
-MAX_USER_ID = 128
+MAX_USER_ID = MAX_ID
+MAX_PRODUCT_ID = 64
 CART_TTL_SECONDS = 7 * 24 * 3600
 ORDER_MEMORY_SECONDS = 24 * 3600
 _WHOLE_NUMBER = re.compile(r"^\s*[+-]?[0-9]{1,18}\s*$")
@@ -38,12 +47,26 @@ def parse_quantity(text: str) -> int:
 def check_user_id(user_id: str) -> str:
     if not user_id or len(user_id) > MAX_USER_ID:
         raise InvalidArgument(f"user_id must be 1 to {MAX_USER_ID} characters")
+    if "\0" in user_id:
+        raise InvalidArgument("user_id must not contain NUL characters")
     return user_id
 
 
+def check_product_id(product_id: str) -> str:
+    if not product_id or len(product_id) > MAX_PRODUCT_ID or "\0" in product_id:
+        raise InvalidArgument(f"product_id must be 1 to {MAX_PRODUCT_ID} characters, without NUL")
+    return product_id
+
+
+class CartLineFull(Conflict, InvalidArgument):
+    """Adding would take a line of the cart over MAX_QUANTITY: the request is well-formed but the
+    cart's content refuses it (409); still an invalid argument to callers that catch those."""
+
+
 class CartStore(Protocol):
-    async def add(self, user_id: str, product_id: str, quantity: int) -> int:
-        """Add ``quantity`` and return the new quantity of that product in the cart."""
+    async def add(self, user_id: str, product_id: str, quantity: int, limit: int) -> int:
+        """Add ``quantity`` unless the line would then hold more than ``limit``; return the line's
+        quantity with it added (above ``limit``: the cart is left as it was)."""
 
     async def set(self, user_id: str, product_id: str, quantity: int) -> None: ...
     async def items(self, user_id: str) -> list[CartItem]: ...
@@ -64,11 +87,13 @@ class CollectionStore:
         self._carts = carts
         self._emptied = emptied  # order id -> the user whose cart it emptied
 
-    async def add(self, user_id: str, product_id: str, quantity: int) -> int:
+    async def add(self, user_id: str, product_id: str, quantity: int, limit: int) -> int:
         lines = await self._lines(user_id)
-        lines[product_id] = lines.get(product_id, 0) + quantity
-        await self._save(user_id, lines)
-        return lines[product_id]
+        new_quantity = lines.get(product_id, 0) + quantity
+        if new_quantity <= limit:  # never stored above it: a stored CartItem holds a Quantity
+            lines[product_id] = new_quantity
+            await self._save(user_id, lines)
+        return new_quantity
 
     async def set(self, user_id: str, product_id: str, quantity: int) -> None:
         lines = await self._lines(user_id)
@@ -121,12 +146,14 @@ class RedisStore:
     def _key(self, user_id: str) -> str:
         return f"{self._prefix}cart:{user_id}"
 
-    async def add(self, user_id: str, product_id: str, quantity: int) -> int:
+    async def add(self, user_id: str, product_id: str, quantity: int, limit: int) -> int:
         key = self._key(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(key, product_id, quantity)
             pipe.expire(key, CART_TTL_SECONDS)
             new_quantity, _ = await pipe.execute()
+        if int(new_quantity) > limit:  # atomic increment, then undone: no lost update between two adds
+            await self._redis.hincrby(key, product_id, -quantity)
         return int(new_quantity)
 
     async def set(self, user_id: str, product_id: str, quantity: int) -> None:
@@ -172,27 +199,27 @@ class Cart(Service):
         await self.store.close()
 
     @rpc
-    async def add_item(self, user_id: str, product_id: str, quantity: int) -> CartContents:
+    async def add_item(
+        self, user_id: UserId, product_id: ProductId, quantity: RequestedQuantity
+    ) -> CartContents:
         """Add to the cart; refused if the line would exceed MAX_QUANTITY. Returns the new cart."""
         check_user_id(user_id)
         check_quantity(quantity)
-        if not product_id:
-            raise InvalidArgument("product_id must not be empty")
-        new_quantity = await self.store.add(user_id, product_id, quantity)
+        check_product_id(product_id)
+        new_quantity = await self.store.add(user_id, product_id, quantity, MAX_QUANTITY)
         if new_quantity > MAX_QUANTITY:
-            await self.store.add(user_id, product_id, -quantity)
-            raise InvalidArgument(
+            raise CartLineFull(
                 f"at most {MAX_QUANTITY} of one product per cart (you already have {new_quantity - quantity})"
             )
         return await self.get_cart(user_id)
 
     @rpc(idempotent=True)
-    async def get_cart(self, user_id: str) -> CartContents:
+    async def get_cart(self, user_id: UserId) -> CartContents:
         check_user_id(user_id)
         return CartContents(user_id, await self.store.items(user_id))
 
     @rpc(idempotent=True)
-    async def empty_cart(self, user_id: str) -> None:
+    async def empty_cart(self, user_id: UserId) -> None:
         check_user_id(user_id)
         await self.store.clear(user_id)
 

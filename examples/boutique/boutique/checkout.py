@@ -27,10 +27,26 @@ from .currency import Currency
 from .locks import KeyedLock
 from .payment import Payment
 from .shipping import Shipping, check_address
-from .types import Address, CartItem, CreditCard, Order, OrderItem, OrderPlaced, OrderShipped, Product
+from .types import (
+    EMAIL_PATTERN,
+    MAX_EMAIL,
+    ORDER_ID_PATTERN,
+    Address,
+    CartItem,
+    CreditCard,
+    CurrencyCode,
+    Email,
+    Order,
+    OrderId,
+    OrderItem,
+    OrderPlaced,
+    OrderShipped,
+    Product,
+    UserId,
+)
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
-_ORDER_ID = re.compile(r"[0-9a-f]{16}")
+_EMAIL = re.compile(EMAIL_PATTERN)
+_ORDER_ID = re.compile(ORDER_ID_PATTERN)
 MAX_LISTED = 100
 
 
@@ -50,7 +66,7 @@ def check_order_id(order_id: str) -> str:
 
 
 def check_email(email: str) -> str:
-    if len(email) > 254 or not _EMAIL.match(email):
+    if len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email):
         raise InvalidArgument(f"{email!r} is not an email address")
     return email
 
@@ -83,11 +99,11 @@ class Checkout(Service, emits=[OrderPlaced]):
     @rpc
     async def place_order(
         self,
-        order_id: str,
-        user_id: str,
-        user_currency: str,
+        order_id: OrderId,
+        user_id: UserId,
+        user_currency: CurrencyCode,
         address: Address,
-        email: str,
+        email: Email,
         card: CreditCard,
     ) -> Order:
         """Charge the cart under ``order_id`` and announce the order; the order again if it is paid."""
@@ -103,7 +119,7 @@ class Checkout(Service, emits=[OrderPlaced]):
             return await self._place(order_id, user_id, user_currency, address, email, card)
 
     @rpc(idempotent=True)
-    async def get_order(self, order_id: str) -> Order:
+    async def get_order(self, order_id: OrderId) -> Order:
         check_order_id(order_id)
         order = await self.orders.get(order_id)
         if order is None:
@@ -111,7 +127,7 @@ class Checkout(Service, emits=[OrderPlaced]):
         return order
 
     @rpc(idempotent=True)
-    async def list_orders(self, user_id: str, limit: int = 20) -> list[Order]:
+    async def list_orders(self, user_id: UserId, limit: int = 20) -> list[Order]:
         """The user's orders, newest first."""
         check_user_id(user_id)
         keys = await self.orders_by_user.items(

@@ -7,7 +7,7 @@ from fractions import Fraction
 from archipel import InvalidArgument, Service, rpc
 
 from . import money
-from .types import Money
+from .types import MAX_UNITS, Amount, CurrencyCode, Money
 
 # Units of each currency worth one euro. Illustrative, fixed rates: a demo, not a market feed.
 EUR_RATES: dict[str, Fraction] = {
@@ -35,6 +35,8 @@ def convert_amount(amount: Money, to_code: str) -> Money:
             f"malformed amount: {amount.units} units and {amount.nanos} nanos (nanos must lie within "
             "±999,999,999 and share the sign of units)"
         )
+    if abs(amount.units) > MAX_UNITS:
+        raise InvalidArgument(f"amount too large: at most {MAX_UNITS:,} units")
     if amount.currency_code == to_code:
         return amount
     rate = EUR_RATES[to_code] / EUR_RATES[amount.currency_code]
@@ -47,5 +49,5 @@ class Currency(Service):
         return sorted(EUR_RATES)
 
     @rpc(idempotent=True)
-    async def convert(self, amount: Money, to_code: str) -> Money:
+    async def convert(self, amount: Amount, to_code: CurrencyCode) -> Money:
         return convert_amount(amount, to_code)

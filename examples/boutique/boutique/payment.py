@@ -15,9 +15,9 @@ from archipel import ArchipelError, Conflict, InvalidArgument, Service, collecti
 
 from . import money
 from .locks import KeyedLock
-from .types import CreditCard, Money, Transaction
+from .types import MAX_ID, MAX_UNITS, CreditCard, IdempotencyKey, Money, PositiveAmount, Transaction
 
-MAX_KEY = 128
+MAX_KEY = MAX_ID
 MAX_LISTED = 1000
 
 
@@ -25,6 +25,13 @@ class PaymentDeclined(ArchipelError):
     """The card was refused; the message says why. Nothing was charged."""
 
     status = 402
+
+
+class MalformedCard(PaymentDeclined, InvalidArgument):
+    """The card's details are not well-formed (digits, expiry month, CVV): declined before anything
+    is asked of the card, and answered as an invalid argument (422), as the published schema says."""
+
+    status = 422
 
 
 def card_digits(number: str) -> str:
@@ -54,30 +61,38 @@ def card_brand(digits: str) -> str | None:
     return None
 
 
+def check_card_format(card: CreditCard) -> CreditCard:
+    """The rules the schema states of a card (see types.CreditCard); MalformedCard otherwise."""
+    if not 12 <= len(card_digits(card.number)) <= 19:
+        raise MalformedCard("card declined: the number must have 12 to 19 digits")
+    if not 1 <= card.expiration_month <= 12:
+        raise MalformedCard("card declined: the expiry month must be between 1 and 12")
+    if not (card.cvv.isascii() and card.cvv.isdigit() and len(card.cvv) in (3, 4)):
+        raise MalformedCard("card declined: the security code (CVV) must be 3 or 4 digits")
+    return card
+
+
 def check_card(card: CreditCard, today: datetime.date) -> str:
     """Return the card's brand, or raise PaymentDeclined with the reason."""
+    check_card_format(card)
     digits = card_digits(card.number)
-    if not 12 <= len(digits) <= 19:
-        raise PaymentDeclined("card declined: the number must have 12 to 19 digits")
     if not luhn_ok(digits):
         raise PaymentDeclined("card declined: number fails the Luhn check")
     brand = card_brand(digits)
     if brand is None:
         raise PaymentDeclined("card declined: only Visa and Mastercard are accepted")
-    if not 1 <= card.expiration_month <= 12:
-        raise PaymentDeclined("card declined: the expiry month must be between 1 and 12")
     if (card.expiration_year, card.expiration_month) < (today.year, today.month):
         raise PaymentDeclined(
             f"card declined: the card expired in {card.expiration_month:02d}/{card.expiration_year}"
         )
-    if not (card.cvv.isascii() and card.cvv.isdigit() and len(card.cvv) in (3, 4)):
-        raise PaymentDeclined("card declined: the security code (CVV) must be 3 or 4 digits")
     return brand
 
 
 def check_idempotency_key(key: str) -> str:
     if not 1 <= len(key) <= MAX_KEY:
         raise InvalidArgument(f"idempotency_key must be 1 to {MAX_KEY} characters")
+    if "\0" in key:
+        raise InvalidArgument("idempotency_key must not contain NUL characters")
     return key
 
 
@@ -105,14 +120,17 @@ class Payment(Service):
     # timeout or a lost answer, a resubmitted checkout, before or after a restart) gets the charge
     # the first one committed, waiting for it if it is still running, and charges nothing more.
     @rpc(idempotent=True)
-    async def charge(self, amount: Money, card: CreditCard, idempotency_key: str) -> str:
+    async def charge(self, amount: PositiveAmount, card: CreditCard, idempotency_key: IdempotencyKey) -> str:
         """Charge ``amount`` to ``card`` once per ``idempotency_key``; returns the transaction id.
 
         Raises PaymentDeclined (nothing charged), or Conflict when the key was used for another amount.
         """
-        if not money.is_valid(amount) or not money.is_positive(amount):
-            raise InvalidArgument("the amount to charge must be a well-formed positive amount")
+        if not money.is_valid(amount) or not money.is_positive(amount) or amount.units > MAX_UNITS:
+            raise InvalidArgument(
+                f"the amount to charge must be a well-formed positive amount of at most {MAX_UNITS:,} units"
+            )
         check_idempotency_key(idempotency_key)
+        check_card_format(card)  # a malformed card is refused, not answered with an earlier charge
         async with self._charging.hold(idempotency_key):
             earlier = await self.charges.get(idempotency_key)
             if earlier is not None:

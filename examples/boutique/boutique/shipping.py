@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from typing import Annotated
+
+from msgspec import Meta
 
 from archipel import InvalidArgument, Service, on, rpc
 
 from . import money
-from .types import Address, CartItem, Money, OrderPlaced, OrderShipped
+from .types import NOT_BLANK, Address, CartItem, Money, OrderPlaced, OrderShipped
 
 BASE_FEE = money.from_decimal("USD", "4.99")
 PER_EXTRA_ITEM = money.from_decimal("USD", "0.75")
 FREE_FROM_ITEMS = 20
+_NOT_BLANK = re.compile(NOT_BLANK)
 
 
 def check_address(address: Address) -> Address:
     missing = [
         name
         for name in ("street_address", "city", "country", "zip_code")
-        if not getattr(address, name).strip()
+        if not _NOT_BLANK.search(getattr(address, name))
     ]
     if missing:
         raise InvalidArgument(f"address is missing: {', '.join(missing)}")
@@ -48,7 +53,9 @@ class Shipping(Service, emits=[OrderShipped]):
         return quote(items)
 
     @rpc(idempotent=True)
-    async def ship_order(self, address: Address, items: list[CartItem], order_id: str = "") -> str:
+    async def ship_order(
+        self, address: Address, items: Annotated[list[CartItem], Meta(min_length=1)], order_id: str = ""
+    ) -> str:
         check_address(address)
         if not items:
             raise InvalidArgument("nothing to ship")
