@@ -309,7 +309,8 @@ def describe(cls: type[Service]) -> ServiceSpec:
 
 def _hints(obj: Any, where: str) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(obj)
+        # Extras kept: ``Annotated[int, Meta(ge=1)]`` on a parameter reaches the decoder and the schema.
+        return typing.get_type_hints(obj, include_extras=True)
     except Exception as exc:
         raise DefinitionError(f"{where}: cannot resolve type annotations: {exc}") from exc
 

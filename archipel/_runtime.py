@@ -91,7 +91,11 @@ class Runtime:
         ]
         window = redelivery_window if redelivery_window is not None else _window_from_env()
         self.dispatcher = Dispatcher(
-            bus.publish, self.interceptors, redelivery_window=window, on_dead=self._record_dead
+            bus.publish,
+            self.interceptors,
+            redelivery_window=window,
+            on_dead=self._record_dead,
+            allowed_sources=app.emitters(),  # an event from a service that does not declare it: dead letter
         )
         self.instances: dict[str, Service] = {}
         self._replays: dict[str, Callable[[Envelope], Awaitable[None]]] = {}  # "service.handler" ->

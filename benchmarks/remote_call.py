@@ -345,6 +345,11 @@ async def run(args: argparse.Namespace) -> dict[str, Result]:
     return {name: best(results) for name, results in rounds.items()}
 
 
+def ratio(value: float, base: float) -> float:
+    # A tiny run can read 0 µs of CPU (the kernel counts it in 10 ms ticks): no ratio then.
+    return value / base if base else float("nan")
+
+
 def report(results: dict[str, Result], args: argparse.Namespace) -> None:
     print(
         f"remote call, best of {args.rounds} rounds: {args.calls:,} sequential calls, "
@@ -366,11 +371,11 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> None:
     print("\nratios to raw asgi+aiohttp (latency and CPU: lower is better; throughput: higher is better)")
     print(f"{'':<36}" + "".join(f"{n:>{width}}" for n in names))
     for label, _, get in rows:
-        print(f"{label:<36}" + "".join(f"{get(results[n]) / get(raw):>{width - 1}.2f}x" for n in names))
+        print(f"{label:<36}" + "".join(f"{ratio(get(results[n]), get(raw)):>{width - 1}.2f}x" for n in names))
     signed, unsigned = results["archipel"], results["archipel, no auth"]
     print(
-        f"\nauthentication: throughput {signed.calls_per_s / unsigned.calls_per_s:.2f}x without, "
-        f"server CPU per call {signed.server_cpu_us / unsigned.server_cpu_us:.2f}x"
+        f"\nauthentication: throughput {ratio(signed.calls_per_s, unsigned.calls_per_s):.2f}x without, "
+        f"server CPU per call {ratio(signed.server_cpu_us, unsigned.server_cpu_us):.2f}x"
     )
     if args.json:
         print(json.dumps({n: vars(r) for n, r in results.items()}, indent=2))

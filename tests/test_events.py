@@ -110,9 +110,14 @@ def _paho(url: str) -> paho.Client:
     return client
 
 
-def _publish(client: paho.Client, topic: str, payload: bytes) -> None:
+def _publish(client: paho.Client, topic: str, payload: bytes, source: str = "/testshop/checkout") -> None:
     properties = Properties(PacketTypes.PUBLISH)
-    properties.UserProperty = [("specversion", "1.0"), ("id", uuid.uuid4().hex), ("type", "OrderPlaced")]
+    properties.UserProperty = [
+        ("specversion", "1.0"),
+        ("id", uuid.uuid4().hex),
+        ("type", "OrderPlaced"),
+        ("source", source),  # consumers take OrderPlaced only from checkout, which declares it
+    ]
     client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
 
 
@@ -134,10 +139,19 @@ async def test_invalid_payload_is_dead_lettered_and_consumer_keeps_going(broker_
                 "orders/placed", lambda d: d.payload == '{"order_id": 7}'
             )
             assert "invalid payload" in letter.reason and "$.order_id" in letter.reason
+            # A valid event claiming to come from a service that does not emit it (a publisher the
+            # broker lets through, such as this anonymous client): dead-lettered, never handled.
+            forged = OrderPlaced(order_id="o-forged", email="x@y", total=Money("EUR", 5))
+            _publish(client, "testshop/orders/placed", msgspec.json.encode(forged), source="/testshop/email")
+            letter = await running.events.wait_for_dead_letter(
+                "orders/placed", lambda d: "o-forged" in d.payload
+            )
+            assert "source '/testshop/email' may not publish on topic 'orders/placed'" in letter.reason
             good = OrderPlaced(order_id="o-plain", email="x@y", total=Money("EUR", 5))
             _publish(client, "testshop/orders/placed", msgspec.json.encode(good))
             ledger = running.client(Ledger)
             assert await eventually(lambda: ledger.total_of("o-plain")) == 5
+            assert await ledger.total_of("o-forged") is None
         finally:
             client.loop_stop()
             client.disconnect()

@@ -489,7 +489,8 @@ async def test_a_running_consumer_dead_letters_raw_bad_messages_and_keeps_going(
     bad: list[tuple[str, bytes, dict[str, str] | None, str]] = [
         ("not json", b"{not json", attributes(), "invalid payload"),
         ("wrong types", b'{"order_id": 7, "email": [], "total": "x"}', attributes(), "invalid payload"),
-        ("no properties at all", b"\xff\x00garbage", None, "invalid payload"),
+        # No source at all: refused before its payload is even looked at (sources are checked).
+        ("no properties at all", b"\xff\x00garbage", None, "source '' may not publish"),
         ("huge", placed("h" * (MAX_PAYLOAD + 10)), attributes(), "exceeds the limit"),
         ("overlong id", placed("long-id"), attributes(id="i" * (MAX_ATTRIBUTE + 1)), "attribute id"),
         ("another type", placed("typed"), attributes(type="OrderShipped"), "is not OrderPlaced"),

@@ -276,15 +276,15 @@ class RpcServer:
 
     @staticmethod
     def _decode(endpoint: _Endpoint, body: bytes) -> dict[str, Any]:
-        if not body.strip() and not endpoint.fields:
-            return {}
+        if not body.strip():
+            # No body is no arguments: fine when every parameter has a default, else a 422 below.
+            if not endpoint.fields:
+                return {}
+            body = b"{}"
         try:
             decoded = endpoint.decoder.decode(body)
         except msgspec.ValidationError as exc:
-            match = _FIELD_PATH.search(str(exc))
-            raise _HttpError(
-                422, "invalid_argument", str(exc), {"path": match.group(1) if match else "$"}
-            ) from exc
+            decoded = _with_whole_floats(endpoint, body, exc)
         except msgspec.DecodeError as exc:
             raise _HttpError(400, "bad_request", f"body is not valid JSON: {exc}") from exc
         return {name: getattr(decoded, name) for name in endpoint.fields}
@@ -332,6 +332,31 @@ def _timeout_seconds(raw: bytes) -> float:
         raise _HttpError(400, "bad_request", f"{_context.TIMEOUT_HEADER} must be a number of ms") from None
     if value != value:  # NaN
         raise _HttpError(400, "bad_request", f"{_context.TIMEOUT_HEADER} must be a number of ms")
+    return value
+
+
+def _with_whole_floats(endpoint: _Endpoint, body: bytes, error: msgspec.ValidationError) -> Any:
+    """The arguments again when the only trouble was ``1.0`` where an integer is expected (JSON
+    Schema calls it an integer, and clients that hold every number as a float send it); else the
+    422. Only on this error path: a well-formed call never pays for it."""
+    if "got `float`" in str(error):
+        try:
+            return msgspec.convert(_whole(msgspec.json.decode(body)), endpoint.spec.arguments)
+        except msgspec.ValidationError as again:
+            error = again
+    match = _FIELD_PATH.search(str(error))
+    raise _HttpError(
+        422, "invalid_argument", str(error), {"path": match.group(1) if match else "$"}
+    ) from error
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
     return value
 
 
