@@ -1,4 +1,5 @@
-"""HTTPS between the processes: certificates from the environment, verified against a private CA."""
+"""TLS on both hops: HTTPS between the processes and mqtts:// to the embedded broker, with
+certificates from the environment, verified against a private CA."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from archipel._security.tls import TlsError, TlsFiles
 from archipel.testing import run_app
 from tests.apps.shop import Checkout, Item, OrderPlaced, app
 from tests.certs import make_certificates
+from tests.conftest import eventually
 
 
 async def test_microservices_call_each_other_over_https(tmp_path: Path) -> None:
@@ -31,6 +33,27 @@ async def test_microservices_call_each_other_over_https(tmp_path: Path) -> None:
                 await http.post(f"{base}/checkout/echo", json={"value": {"a": 1}})
             with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served on that port
                 await http.post(base.replace("https", "http") + "/checkout/echo", json={"value": {"a": 1}})
+
+
+async def test_the_hello_example_runs_over_tls_on_both_hops(tmp_path: Path) -> None:
+    from tests.test_hello_example import Greeted, Greeter, Guestbook
+    from tests.test_hello_example import app as hello
+
+    certificates = make_certificates(tmp_path / "certs")
+    async with run_app(hello, "microservices", env=certificates.env()) as running:
+        supervisor = running._supervisor
+        assert supervisor is not None and supervisor.broker_url is not None
+        assert supervisor.broker_url.startswith("mqtts://127.0.0.1:")  # the embedded broker, with TLS
+        assert running.url_of("greeter").startswith("https://")
+        greeting = await running.client(Greeter).greet("ada")  # greeter -> names over HTTPS
+        # Greeted went through the broker over TLS, to the observer and to the guestbook.
+        await running.events.wait_for(Greeted, lambda e: e.greeting_id == greeting.greeting_id)
+
+        async def recorded() -> list[str] | None:
+            entries = await running.client(Guestbook).entries()
+            return entries if "Ada" in entries else None
+
+        assert await eventually(recorded, timeout=15) == ["Ada"]
 
 
 def test_incomplete_or_wrong_tls_files_are_named(tmp_path: Path) -> None:
