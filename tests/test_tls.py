@@ -3,7 +3,13 @@ certificates from the environment, verified against a private CA."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -66,3 +72,49 @@ def test_incomplete_or_wrong_tls_files_are_named(tmp_path: Path) -> None:
         TlsFiles.from_env(
             {"ARCHIPEL_TLS_CERT": str(certificates.ca), "ARCHIPEL_TLS_KEY": str(certificates.key)}
         )
+
+
+def test_the_readme_tls_commands(tmp_path: Path) -> None:
+    """examples/hello/README.md's "Over TLS" commands, as written, on free ports."""
+    from tests.test_hello_example import ROOT, _status
+
+    readme = (ROOT / "examples/hello/README.md").read_text().split("## Over TLS", 1)[1]
+    run_line, curl_line = [
+        line
+        for line in readme.split("```sh\n", 1)[1].split("```")[0].splitlines()
+        if line[:1] not in ("#", "")
+    ]
+    make_certificates(tmp_path / "certs")
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+    }
+    # exec: the shell becomes `archipel run`, which gets the SIGINT below.
+    command = run_line.replace("archipel run", "exec archipel run").replace("examples/", f"{ROOT}/examples/")
+    command += f" --port 0 --state-dir {state}"
+    run = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (status := _status(state)) is None:
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            time.sleep(0.2)  # the state file appears once every process is ready
+        greeter = next(p["url"] for p in status["processes"] if p["name"] == "greeter")
+        assert greeter.startswith("https://") and status["broker"].startswith("mqtts://")
+        answer = subprocess.run(
+            ["bash", "-c", curl_line.replace("https://127.0.0.1:8000", greeter)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert json.loads(answer.stdout)["message"] == "Hello, Ada!"
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=30)
+    assert run.returncode == 0
