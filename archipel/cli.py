@@ -250,13 +250,18 @@ def check(app: Annotated[str | None, typer.Argument()] = None, config: Path | No
     """Load APP and check every service definition; list services, RPC methods and events."""
     _, the_app = _load(app, _settings(config))
     table = Table(title=f"app {the_app.name}")
-    for column in ("service", "rpc methods", "handles", "depends on"):
+    for column in ("service", "rpc methods", "handles", "emits", "depends on"):
         table.add_column(column)
     for spec in the_app.specs.values():
+        marks = {
+            m: [w for w, on in (("public", s.public), ("idempotent", s.idempotent)) if on]
+            for m, s in spec.methods.items()
+        }
         table.add_row(
             spec.name,
-            ", ".join(f"{m}{' (idempotent)' if s.idempotent else ''}" for m, s in spec.methods.items()),
+            ", ".join(f"{m} ({', '.join(w)})" if w else m for m, w in marks.items()),
             ", ".join(f"{h.topic} -> {h.name}" for h in spec.handlers),
+            ", ".join(e.__topic__ for e in spec.emits),
             ", ".join(d.__service_name__ for d in spec.dependencies.values()),
         )
     console.print(table)

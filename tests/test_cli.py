@@ -101,9 +101,12 @@ def test_definition_errors_are_reported_before_anything_starts() -> None:
 
 
 def test_check_lists_services() -> None:
-    result = archipel("check", "tests.apps.shop:app")
+    result = archipel("check", "tests.apps.shop:app", env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert "orders/placed -> confirm" in result.stdout and "convert (idempotent)" in result.stdout
+    assert "place_order (public)" in result.stdout  # what outsiders may call
+    checkout = next(line for line in result.stdout.splitlines() if "│ checkout" in line)
+    assert "orders/placed" in checkout  # what it declares it emits
 
 
 def test_openapi_describes_every_rpc() -> None:
