@@ -4,6 +4,7 @@ must give what the comment under it says."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,10 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from archipel._deploy.plan import plan
+from archipel._loader import load_app
+from archipel._security.acl import broker_users
+from archipel._security.secrets import mqtt_password
 from tests.test_cli import ROOT, wait_for_status
 from tests.test_readme_commands import shop_command
 
 DOC = ROOT / "docs" / "security.md"
+app = load_app(str(ROOT / "examples/boutique/boutique/app.py") + ":app")
+
+
+def processes() -> dict[str, list[str]]:
+    return {p.name: list(p.services) for p in plan(app, "microservices", None, None)}
 
 
 def doc_commands() -> list[tuple[str, str]]:
@@ -55,6 +65,7 @@ def test_the_security_commands_of_the_docs_do_what_they_say(tmp_path: Path) -> N
     )
     try:
         status = wait_for_status(state, runner, timeout=90)
+        status_text = json.dumps(status)
         payment = next(p["url"] for p in status["processes"] if "payment" in p["services"])
         broker_port = status["broker"].rsplit(":", 1)[1]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -96,3 +107,12 @@ def test_the_security_commands_of_the_docs_do_what_they_say(tmp_path: Path) -> N
     assert kept.stat().st_mode & 0o777 == 0o600
     secret = kept.read_text().strip()
     assert len(secret) >= 32 and secret not in output  # nor in what any process printed
+    assert secret not in status_text  # nor in `archipel status`
+    # The broker's files hold hashes: neither the secret nor any plain password.
+    passwords = [
+        mqtt_password(secret.encode(), user.username) for user in broker_users(app, "boutique", processes())
+    ]
+    for path in (state / "data" / "boutique" / "broker").iterdir():
+        if path.suffix != ".db":
+            text = path.read_text()
+            assert secret not in text and not any(p in text for p in passwords), path
