@@ -236,6 +236,19 @@ def _print_status(data: dict[str, Any]) -> None:
             f"[bold yellow]the supervisor (pid {data['supervisor_pid']}) is stopped:[/] nothing is "
             "restarted or updated here until it continues (SIGCONT, or `fg`)"
         )
+    security = data.get("security") or {}
+    if security:
+        calls = (
+            "authenticated"
+            if security.get("authenticated_calls")
+            else "NOT authenticated (authenticate = false)"
+        )
+        opened = ", open: " + ", ".join(security["open_endpoints"]) if security.get("open_endpoints") else ""
+        logins = security.get("broker_logins")
+        broker = (
+            "" if logins is None else f"; broker logins {'on' if logins else 'off (rumqttd checks none)'}"
+        )
+        console.print(f"internal calls {calls}{broker}; TLS {'on' if security.get('tls') else 'off'}{opened}")
     if data.get("broker"):
         pid = f", pid {data['broker_pid']}" if data.get("broker_pid") else ""
         error = f"; last error: {data['broker_error']}" if data.get("broker_error") else ""

@@ -66,11 +66,20 @@ def test_run_status_and_stop_leave_nothing_behind(tmp_path: Path, mode: str, sto
     runner = start(tmp_path, "tests.apps.shop:app", "--mode", mode)
     try:
         status = wait_for_status(tmp_path, runner)
+        table = archipel("status", "--state-dir", str(tmp_path), env={**os.environ, "COLUMNS": "200"}).stdout
     finally:
         if runner.poll() is None:
             runner.send_signal(stop_signal)
         output, _ = runner.communicate(timeout=30)
     assert status["running"] and status["mode"] == mode
+    logins = None if mode == "monolith" else True  # a monolith has no broker
+    assert status["security"] == {
+        "authenticated_calls": True,
+        "broker_logins": logins,
+        "tls": False,
+        "open_endpoints": [],
+    }
+    assert "internal calls authenticated" in table and "TLS off" in table
     services = sorted(s for p in status["processes"] for s in p["services"])
     assert services == ["checkout", "currency", "email", "ledger"]
     assert len(status["processes"]) == (1 if mode == "monolith" else 4)

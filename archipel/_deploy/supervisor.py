@@ -464,6 +464,13 @@ class Supervisor:
             "deployment": self.deployment,
             "mode": self.mode,
             **self._broker.status(),
+            # How the deployment is guarded (docs/security.md); never a key or the secret.
+            "security": {
+                "authenticated_calls": self._authenticate,
+                "broker_logins": self.broker_kind in ("mosquitto", "url") if self.broker_kind else None,
+                "tls": self.tls.serves_https,
+                "open_endpoints": list(self._open_endpoints),
+            },
             "data_dir": str(self.data_dir),
             "supervisor_pid": os.getpid(),
             "supervisor_started": process_start(os.getpid()),
