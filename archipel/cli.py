@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._deploy.auth_commands import broker_files
+from ._deploy.operator import broker_login, call, token
 from ._deploy.plan import MODES, Mode, plan
 from ._deploy.settings import ConfigError, Settings, find_settings, load_settings
 from ._deploy.statefile import is_stopped, pid_alive, read_state
@@ -25,9 +27,7 @@ from ._events.commands import events
 from ._loader import AppNotFound, load_app
 from ._model import Service
 from ._resilience.policies import Policies
-from ._rpc.commands import broker_login, call, token
 from ._rpc.openapi import openapi_document
-from ._security.commands import broker_files
 from ._security.tls import TlsFiles
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from archipel._deploy.acl import broker_users
 from archipel._deploy.plan import plan
 from archipel._loader import load_app
-from archipel._security.acl import broker_users
 from archipel._security.secrets import mqtt_password
 from tests.test_cli import ROOT, wait_for_status
 from tests.test_readme_commands import shop_command

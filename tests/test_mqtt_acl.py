@@ -1,4 +1,4 @@
-"""Broker logins and access rules (``archipel._security.acl``) on a real, private Mosquitto.
+"""Broker logins and access rules (``archipel._deploy.acl``) on a real, private Mosquitto.
 
 Each broker here is started by the test with the generated password and ACL files, on a free
 port, and stopped at the end. The app is the test shop: Checkout emits ``orders/placed``; Email and
@@ -28,6 +28,14 @@ from typing import Any, TypedDict
 
 import pytest
 
+from archipel._deploy.acl import (
+    broker_auth_files,
+    broker_users,
+    mosquitto_hash,
+    observer_username,
+    supervisor_username,
+    write_password_file,
+)
 from archipel._deploy.children import free_port
 from archipel._deploy.mosquitto import find_mosquitto, write_config
 from archipel._deploy.plan import plan
@@ -41,14 +49,6 @@ from archipel._events.mqtt import (
     parse_broker_url,
     shared_filter,
     subscription_id,
-)
-from archipel._security.acl import (
-    broker_auth_files,
-    broker_users,
-    mosquitto_hash,
-    observer_username,
-    supervisor_username,
-    write_password_file,
 )
 from archipel._security.keyring import mqtt_username
 from archipel._security.secrets import mqtt_password

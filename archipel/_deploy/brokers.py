@@ -30,8 +30,8 @@ from pathlib import Path
 
 from .._app import App
 from .._events.mqtt import SESSION_EXPIRY, parse_broker_url, shared_filter, subscription_id
-from .._security.acl import broker_auth_files
 from .._security.tls import TlsFiles
+from .acl import broker_auth_files
 from .broker import EMBEDDED, RUMQTTD, broker_kind
 from .children import BrokerHealth, Child, StartupError, free_port, kill, terminate
 from .logins import BrokerLogins

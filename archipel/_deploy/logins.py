@@ -2,7 +2,7 @@
 
 Each process logs in as ``{deployment}.{process}`` with a password derived from the deployment's
 secret; the supervisor probes as ``{deployment}.supervisor``, tests watch as
-``{deployment}.observer`` (``_security.acl``). The supervisor restores a consumer's subscriptions
+``{deployment}.observer`` (``_deploy.acl``). The supervisor restores a consumer's subscriptions
 and ends a retired replica's session as *that consumer*: Mosquitto checks a session's messages
 against the user who last connected it.
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from .._events.mqtt import broker_tls
-from .._security.acl import observer_username, supervisor_username
 from .._security.keyring import mqtt_username
 from .._security.secrets import mqtt_password
 from .._security.tls import TlsFiles
+from .acl import observer_username, supervisor_username
 
 
 class Login(TypedDict):

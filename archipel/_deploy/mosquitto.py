@@ -21,10 +21,10 @@ docs/decisions/0005-default-broker.md:
 - ``max_inflight_messages 100``: unacknowledged messages per client at once, matching the
   ``MqttBus`` bound on concurrent handlers (so a consumer's handlers are never idle for lack of
   messages), and what a crashed consumer may get twice.
-- Logins: given a password file and an ACL file (``_security.acl``), ``allow_anonymous false``
+- Logins: given a password file and an ACL file (``_deploy.acl``), ``allow_anonymous false``
   and each process may publish and read only its own topics; without them, ``allow_anonymous
   true`` on 127.0.0.1 only. Mosquitto 2.0 never refuses a SUBSCRIBE under an ACL file: it checks
-  the read rules when delivering each message (docstring of ``_security.acl``).
+  the read rules when delivering each message (docstring of ``_deploy.acl``).
 - TLS: given a certificate and its key, the listener speaks TLS only (``mqtts://``); clients
   authenticate with their login, not with certificates (``require_certificate false``).
 """

@@ -19,7 +19,7 @@ silently drops the others, so one group name per (service, topic) works on every
 Dead letters travel on ``{app}/$dead/{topic}``. MQTT only reserves a *leading* ``$``, but zmqtt's
 ``publish`` refuses ``$`` anywhere, so dead letters go through its protocol layer directly.
 
-A bus logs in with ``username``/``password`` when given (each process its own: ``_security.acl``)
+A bus logs in with ``username``/``password`` when given (each process its own: ``_deploy.acl``)
 and speaks TLS on ``mqtts://``. A refused login fails ``start()`` at once, a refused publish raises
 (``_events.endpoint``), naming the broker, the user and the reason, never the password.
 """

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 
 import typer
 
-from .._deploy.statefile import pid_alive, read_state
 from .._security.keyring import OPERATOR, edge_key, scrape_token
 from .._security.secrets import SECRET_FILE_NAME, SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
 from .._security.tokens import MAX_TTL, TOKEN_TTL, sign
+from .statefile import pid_alive, read_state
 
 STATE_FILE = "state.json"
 StateDir = Annotated[Path, typer.Option(help="Where the running deployment keeps its state.")]
@@ -120,9 +120,9 @@ def broker_login(state_dir: StateDir = Path(".archipel")) -> None:
     """Print mosquitto_sub's options to watch the running deployment's events (read-only login):
     mosquitto_sub -V 5 $(archipel broker-login) -t 'DEPLOYMENT/#' -v"""
     from .._events.mqtt import broker_tls, parse_broker_url
-    from .._security.acl import observer_username
     from .._security.secrets import mqtt_password
     from .._security.tls import CA_VAR
+    from .acl import observer_username
 
     data = _deployment(state_dir)
     url = str(data.get("broker") or "")

@@ -52,11 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._app import App
-from .._deploy.probe import PROBE_ROOT
 from .._events.bus import DEAD_PREFIX
 from .._events.mqtt import shared_filter, wire_topic
-from .keyring import mqtt_username
-from .secrets import mqtt_password
+from .._security.keyring import mqtt_username
+from .._security.secrets import mqtt_password
+from .probe import PROBE_ROOT
 
 SUPERVISOR = "supervisor"
 OBSERVER = "observer"
@@ -150,7 +150,7 @@ def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
 def write_acl_file(path: Path, users: Iterable[BrokerUser]) -> Path:
     """Write Mosquitto's ``acl_file`` for ``users``; anonymous clients get no rule. Mode 0600."""
     blocks = [
-        "# Written by archipel (archipel._security.acl): who may publish and read which topics.\n"
+        "# Written by archipel (archipel._deploy.acl): who may publish and read which topics.\n"
         "# No rule comes before the first user line, so anonymous clients may do nothing.\n"
     ]
     blocks += [_acl_block(user) for user in users]

@@ -15,12 +15,12 @@ import typer
 from rich.console import Console
 
 from .._app import App
-from .._deploy.plan import plan
-from .._deploy.settings import ConfigError, Settings, find_settings, load_settings
 from .._errors import DefinitionError
 from .._loader import AppNotFound, load_app
+from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
 from .acl import broker_auth_files
-from .secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
+from .plan import plan
+from .settings import ConfigError, Settings, find_settings, load_settings
 
 broker_files = typer.Typer(add_completion=False, help="Broker logins and access rules.")
 console = Console(highlight=False)
