@@ -186,6 +186,11 @@ def _print_table(supervisor: Supervisor) -> None:
         for service in child.services:
             if supervisor.app.specs[service].cls.asgi_app is not Service.asgi_app:
                 console.print(f"[bold]{service}[/] serves its pages at [bold]{child.url}/[/]")
+    if supervisor.mode == "microservices":
+        console.print(
+            f"internal methods need a credential (secret from {supervisor.secret_source}): "
+            "`archipel token SERVICE` for curl, `archipel call SERVICE.METHOD '{...}'`"
+        )
     console.print("ready (Ctrl-C stops everything)", style="green")
 
 

@@ -76,6 +76,10 @@ def test_main_command_runs_the_shop_as_microservices_on_the_embedded_broker(tmp_
     assert runner.returncode == 0, output
     assert f"frontend serves its pages at {storefront}/" in output.replace("\n", " ") or storefront in output
     assert len(status["processes"]) == 10 and status["broker"].startswith("mqtt://127.0.0.1:")
+    # Guarded by default, and it says how to get in as the operator, without showing the secret.
+    assert "internal methods need a credential" in output and "archipel token SERVICE" in output.replace(
+        "\n", " "
+    )
     pids = [p["pid"] for p in status["processes"]] + [status["broker_pid"]]
     deadline = time.monotonic() + 5
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:

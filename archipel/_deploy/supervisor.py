@@ -27,7 +27,7 @@ from .._app import App
 from .._rpc.server import DEFAULT_MAX_BODY
 from .._runtime import DATA_DIR_VAR
 from .._security.keyring import KEYRING_VAR, OPERATOR, Keyring, keyring_for
-from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
+from .._security.secrets import SECRET_FILE_NAME, SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
 from .._security.tls import TlsFiles
 from .._security.tokens import Signer
 from .broker import EMBEDDED, RUMQTTD
@@ -186,6 +186,13 @@ class Supervisor:
     @property
     def durable(self) -> bool:
         return self._broker.durable
+
+    @property
+    def secret_source(self) -> str:
+        """Where the deployment's secret comes from (never the secret): for the start-up table."""
+        if self._given_secrets:
+            return f"{SECRET_VAR} or {SECRET_FILE_VAR}"
+        return str(self.data_dir / SECRET_FILE_NAME)
 
     @property
     def _secrets(self) -> list[bytes]:
