@@ -17,7 +17,7 @@ from archipel._deploy.plan import plan
 from archipel._loader import load_app
 from archipel._security.secrets import mqtt_password
 from tests.test_cli import ROOT, wait_for_status
-from tests.test_readme_commands import shop_command
+from tests.test_readme_commands import start_shop
 
 DOC = ROOT / "docs" / "security.md"
 app = load_app(str(ROOT / "examples/boutique/boutique/app.py") + ":app")
@@ -56,13 +56,7 @@ def test_the_security_commands_of_the_docs_do_what_they_say(tmp_path: Path) -> N
     commands = doc_commands()
     assert len(commands) >= 5, commands
     state = tmp_path / ".archipel"  # the default state folder of commands run in tmp_path
-    runner = subprocess.Popen(
-        [*shop_command(), "--port", "0", "--state-dir", str(state)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    runner = start_shop(state)
     try:
         status = wait_for_status(state, runner, timeout=90)
         status_text = json.dumps(status)

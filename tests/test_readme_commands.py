@@ -37,6 +37,17 @@ def shop_command() -> list[str]:
     return [str(interpreter), *command[1:]]
 
 
+def start_shop(state_dir: Path) -> subprocess.Popen[str]:
+    """The README's main command, on free ports, its state in ``state_dir``."""
+    return subprocess.Popen(
+        [*shop_command(), "--port", "0", "--state-dir", str(state_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_make_shop_sets_up_then_runs_archipel_from_the_project_venv() -> None:
     recipe = shop_recipe()
     assert recipe[0] == "bash scripts/setup.sh"
@@ -56,13 +67,7 @@ def test_main_command_runs_the_shop_as_microservices_on_the_embedded_broker(tmp_
     command = shop_command()
     assert command[command.index("--mode") + 1] == "microservices"
     assert command[command.index("--broker") + 1] == "embedded"
-    runner = subprocess.Popen(
-        [*command, "--port", "0", "--state-dir", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    runner = start_shop(tmp_path)
     try:
         status = wait_for_status(tmp_path, runner, timeout=90)
         storefront = next(p["url"] for p in status["processes"] if "frontend" in p["services"])
