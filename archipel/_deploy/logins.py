@@ -23,6 +23,14 @@ from .._security.tls import TlsFiles
 from .acl import observer_username, supervisor_username
 
 
+def mqtt_context(url: str, tls: TlsFiles) -> ssl.SSLContext | None:
+    """What an ``mqtts://`` connection verifies the broker with: the CA, else the system's store;
+    None for ``mqtt://``."""
+    if not broker_tls(url):
+        return None
+    return tls.client_context() or ssl.create_default_context()
+
+
 class Login(TypedDict):
     username: str | None
     password: str | None
@@ -38,10 +46,7 @@ class BrokerLogins:
     enforced: bool  # False on rumqttd: no logins at all
 
     def context(self) -> ssl.SSLContext | None:
-        """What an ``mqtts://`` connection verifies the broker with: the CA, else the system's."""
-        if not broker_tls(self.url):
-            return None
-        return self.tls.client_context() or ssl.create_default_context()
+        return mqtt_context(self.url, self.tls)
 
     def user(self, username: str) -> Login:
         if not self.enforced:

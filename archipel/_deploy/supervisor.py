@@ -29,7 +29,7 @@ from .._runtime import DATA_DIR_VAR
 from .._security.keyring import KEYRING_VAR, OPERATOR, Keyring, keyring_for
 from .._security.secrets import SECRET_FILE_NAME, SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
 from .._security.tls import TlsFiles
-from .._security.tokens import Signer
+from .._security.tokens import Signer, operator_headers
 from .broker import EMBEDDED, RUMQTTD
 from .brokers import BrokerKeeper, choose_broker
 from .children import (
@@ -218,10 +218,7 @@ class Supervisor:
         /openapi.json of the processes hosting it."""
         if self._operator is None:
             self._operator = Signer(self.operator_keyring())
-        header = self._operator.header(OPERATOR, service)
-        if header is None:
-            raise KeyError(f"app {self.app.name!r} has no service {service!r}")
-        return {"authorization": header}
+        return operator_headers(self._operator, service)
 
     # -- start ------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import math
 import os
-import ssl
 import sys
 
 import msgspec
@@ -70,9 +69,11 @@ def client_id(deployment: str, process: str, replica: int) -> str:
     return f"{deployment}-{process}-{replica}"
 
 
-def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> RpcServer:
+def build_server(
+    app: App, spec: WorkerSpec, keyring: Keyring | None = None, tls: TlsFiles | None = None
+) -> RpcServer:
     """The ASGI app of one process: runtime, event bus and remote transport chosen by ``spec``;
-    credentials from ``keyring``, else from the environment (``_security.keyring``)."""
+    credentials from ``keyring`` and TLS files from ``tls``, else from the environment."""
     deployment = spec.deployment or app.name
     if keyring is None:
         keyring = process_keyring(app, deployment, spec.name, spec.services)
@@ -81,14 +82,14 @@ def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> 
             f"process {spec.name!r} serves internal methods but has no credentials to check its callers: "
             f"set {SECRET_VAR} (or {SECRET_FILE_VAR}) to the deployment's secret"
         )
-    tls = TlsFiles.from_env()
+    tls = tls or TlsFiles.from_env()
+    login = keyring if spec.broker_login else None  # rumqttd checks no logins
     bus: EventBus
     if spec.broker is None:
         bus = LocalBus()
     else:
-        from .._events.mqtt import MqttBus, broker_tls
-
-        login = keyring is not None and spec.broker_login
+        from .._events.mqtt import MqttBus
+        from .logins import mqtt_context
 
         bus = MqttBus(
             spec.broker,
@@ -96,9 +97,9 @@ def build_server(app: App, spec: WorkerSpec, keyring: Keyring | None = None) -> 
             client_id=client_id(deployment, spec.name, spec.replica),
             durable=spec.durable,
             drain_timeout=spec.drain,
-            username=keyring.mqtt_username if login and keyring is not None else None,
-            password=keyring.mqtt_password if login and keyring is not None else None,
-            tls=(tls.client_context() or ssl.create_default_context()) if broker_tls(spec.broker) else None,
+            username=login.mqtt_username if login is not None else None,
+            password=login.mqtt_password if login is not None else None,
+            tls=mqtt_context(spec.broker, tls),
         )
     transport = HttpTransport(
         spec.peers, signer=Signer(keyring) if keyring is not None else None, ssl=tls.client_context()
@@ -172,14 +173,15 @@ def main() -> None:
             _follow_supervisor(spec.supervisor_pid)
         app = load_app(spec.app)
         app.validate()
-        server = build_server(app, spec)
+        tls = TlsFiles.from_env()
+        server = build_server(app, spec, tls=tls)
         # Read once: the services' code, and what it may spawn, need not see the keys.
         os.environ.pop(KEYRING_VAR, None)
     except (KeyError, msgspec.DecodeError) as exc:
         sys.exit(f"archipel worker: missing or invalid {ENV_VAR}: {exc}")
     except (AppNotFound, DefinitionError, SecretError, TlsError) as exc:
         sys.exit(f"archipel worker: {exc}")
-    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain, TlsFiles.from_env()))
+    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain, tls))
     asyncio.run(uv.serve())
     if not uv.started:
         sys.exit(3)

@@ -299,11 +299,10 @@ class RpcServer:
 
     async def _openapi_json(self, send: Send) -> None:
         if self._openapi is None:
-            # What this process serves, and nothing else: a monolith's document has no internal method.
+            # What this process serves (its endpoints), and nothing else: a monolith's has no internal method.
+            served = [endpoint.spec for endpoint in self._endpoints.values()]
             specs = [
-                dataclasses.replace(
-                    spec, methods={m: s for m, s in spec.methods.items() if s.public or self.internal}
-                )
+                dataclasses.replace(spec, methods={m.name: m for m in served if m.service == spec.name})
                 for spec in (self.runtime.app.specs[name] for name in self.runtime.local)
             ]
             self._openapi = msgspec.json.encode(openapi_document(self.runtime.app.name, specs))
@@ -338,7 +337,8 @@ def _timeout_seconds(raw: bytes) -> float:
 def _with_whole_floats(endpoint: _Endpoint, body: bytes, error: msgspec.ValidationError) -> Any:
     """The arguments again when the only trouble was ``1.0`` where an integer is expected (JSON
     Schema calls it an integer, and clients that hold every number as a float send it); else the
-    422. Only on this error path: a well-formed call never pays for it."""
+    422. Only on this error path: a well-formed call never pays for it. Not msgspec's
+    ``strict=False``: that also takes ``"1"`` for an integer, which the schema does not allow."""
     if "got `float`" in str(error):
         try:
             return msgspec.convert(_whole(msgspec.json.decode(body)), endpoint.spec.arguments)

@@ -63,6 +63,15 @@ class Signer:
         return value
 
 
+def operator_headers(signer: Signer, service: str) -> dict[str, str]:
+    """The operator's ``authorization`` header for ``service`` (``signer`` holds the operator's
+    keys); KeyError when the deployment has no such service."""
+    header = signer.header(OPERATOR, service)
+    if header is None:
+        raise KeyError(f"no service {service!r} in this deployment")
+    return {"authorization": header}
+
+
 class Verifier:
     """Checks the credential of a call to one of this process's services and names the caller.
 
@@ -85,9 +94,12 @@ class Verifier:
             digest = hashlib.sha256(token).digest()
             if any(hmac.compare_digest(digest, known) for known in self._scrape):
                 return
-            audience = token.split(b".")[2].decode("ascii", "replace") if token.count(b".") == 4 else ""
-            if audience in self._callees and self.caller(authorization, audience) == OPERATOR:
-                return
+            try:
+                _, audience, _ = self._seen.get(token) or _parse(token)
+                if audience in self._callees and self.caller(authorization, audience) == OPERATOR:
+                    return
+            except (Unauthenticated, PermissionDenied):
+                pass
         raise Unauthenticated("this endpoint needs the scrape token or an operator credential")
 
     def caller(self, authorization: bytes | None, callee: str) -> str:
@@ -97,39 +109,38 @@ class Verifier:
             raise Unauthenticated("the authorization header must be 'Bearer <token>'")
         token = authorization[len(_PREFIX) :].strip()
         seen = self._seen.get(token)
-        if seen is None:
-            seen = self._check(token, callee)
-        caller, audience, expiry = seen
+        caller, audience, expiry = seen or _parse(token)
         if audience != callee:
-            raise Unauthenticated(f"the credential was made for service {audience}, not {callee}")
+            raise Unauthenticated(f"the credential was made for service {audience[:64]}, not {callee}")
+        if seen is None:
+            self._verify(token, caller, callee, expiry)
         if expiry + CLOCK_SKEW < self._clock():
             self._seen.pop(token, None)
             raise Unauthenticated("the credential has expired")
         return caller
 
-    def _check(self, token: bytes, callee: str) -> tuple[str, str, int]:
-        try:
-            version, caller, audience, raw_expiry, _ = token.decode("ascii").split(".")
-            expiry = int(raw_expiry)
-        except (UnicodeDecodeError, ValueError):
-            raise Unauthenticated("the credential is malformed") from None
-        if version != _VERSION:
-            raise Unauthenticated(f"unknown credential version {version[:10]!r}")
-        if audience != callee:
-            raise Unauthenticated(f"the credential was made for service {audience[:64]}, not {callee}")
+    def _verify(self, token: bytes, caller: str, callee: str, expiry: int) -> None:
+        """Check a token seen for the first time, then keep it until it expires."""
         keys = self._keys.get(edge(caller, callee))
         if keys is None:
             raise PermissionDenied(f"{caller[:64]} may not call {callee} (not one of its declared callers)")
         expected = token.decode("ascii")
         if not any(hmac.compare_digest(sign(key, caller, callee, expiry), expected) for key in keys):
             raise Unauthenticated("the credential's signature is not valid")
-        now = self._clock()
-        if expiry + CLOCK_SKEW < now:
-            raise Unauthenticated("the credential has expired")
-        if expiry > now + MAX_TTL + CLOCK_SKEW:
+        if expiry > self._clock() + MAX_TTL + CLOCK_SKEW:
             raise Unauthenticated(f"the credential claims to live longer than {MAX_TTL}s")
         if len(self._seen) >= _CACHE_SIZE:
             self._seen.clear()  # rare: tokens are reused, so the cache holds a few per caller
-        claims = (caller, audience, expiry)
-        self._seen[token] = claims
-        return claims
+        self._seen[token] = (caller, callee, expiry)
+
+
+def _parse(token: bytes) -> tuple[str, str, int]:
+    """``(caller, callee, expiry)`` as a token claims them, before any check of its signature."""
+    try:
+        version, caller, audience, raw_expiry, _ = token.decode("ascii").split(".")
+        expiry = int(raw_expiry)
+    except (UnicodeDecodeError, ValueError):
+        raise Unauthenticated("the credential is malformed") from None
+    if version != _VERSION:
+        raise Unauthenticated(f"unknown credential version {version[:10]!r}")
+    return caller, audience, expiry

@@ -37,7 +37,7 @@ from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
 from .._runtime import DATA_DIR_VAR, Runtime
 from .._security.keyring import OPERATOR, Keyring, keyring_for
 from .._security.secrets import new_secret
-from .._security.tokens import Signer, Verifier
+from .._security.tokens import Signer, Verifier, operator_headers
 from ._recorder import EventRecorder
 
 __all__ = ["EventRecorder", "RunningApp", "Topology", "run_app"]
@@ -121,10 +121,7 @@ class RunningApp:
     def auth_headers(self, service: str) -> dict[str, str]:
         """The operator's credential for ``service``: calls its internal methods (in microservices),
         and reads /metrics and /openapi.json of the process hosting it, as a test may."""
-        header = self._signer.header(OPERATOR, service)
-        if header is None:
-            raise KeyError(f"app {self.app.name!r} has no service {service!r}")
-        return {"authorization": header}
+        return operator_headers(self._signer, service)
 
     def client(self, cls: type[S]) -> S:
         """Call ``cls``'s rpc methods: the live instance in a monolith, an HTTP proxy otherwise."""
