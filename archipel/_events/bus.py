@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from .._model import Event
 
 log = logging.getLogger("archipel.bus")
@@ -39,6 +41,10 @@ class Envelope:
     traceparent: str | None = None
     event: Event | None = None
     payload: bytes | None = None
+
+    def body(self) -> bytes:
+        """The event as JSON bytes: the payload it arrived with, or the object encoded."""
+        return self.payload if self.payload is not None else msgspec.json.encode(self.event)
 
 
 Handler = Callable[[Envelope], Awaitable[None]]

@@ -230,7 +230,7 @@ class Dispatcher:
         return max(0.0, min(delay, give_up_at - time.monotonic()))
 
     async def _dead_letter(self, envelope: Envelope, handler: str, reason: str, attempts: int) -> None:
-        original = envelope.payload if envelope.payload is not None else msgspec.json.encode(envelope.event)
+        original = envelope.body()
         truncated = len(original) > MAX_DEAD_PAYLOAD
         kept = original[:MAX_DEAD_PAYLOAD] if truncated else original
         letter = DeadLetter(

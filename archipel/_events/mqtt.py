@@ -35,7 +35,6 @@ import ssl
 import uuid
 from dataclasses import dataclass
 
-import msgspec
 from zmqtt import Message as MqttMessage
 from zmqtt import (
     MQTTClient,
@@ -289,7 +288,7 @@ class MqttBus:
         client = self._client
         if client is None:
             raise RuntimeError(f"event bus is stopped; cannot publish {envelope.topic!r}")
-        payload = envelope.payload if envelope.payload is not None else msgspec.json.encode(envelope.event)
+        payload = envelope.body()
         topic = wire_topic(self.app, envelope.topic)
         properties = encode_properties(envelope)
         loop = asyncio.get_running_loop()

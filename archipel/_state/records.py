@@ -46,7 +46,7 @@ class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> OutboxRecord:
-        payload = envelope.payload if envelope.payload is not None else msgspec.json.encode(envelope.event)
+        payload = envelope.body()
         return cls(
             id=envelope.id,
             topic=envelope.topic,
@@ -89,7 +89,7 @@ class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_envelope(cls, envelope: Envelope, handler: str, reason: str) -> DeadLetterRecord:
-        payload = envelope.payload if envelope.payload is not None else msgspec.json.encode(envelope.event)
+        payload = envelope.body()
         return cls(
             # One letter per handler and event: recording the same failure again (after a
             # redelivery) keeps the first letter rather than piling up copies.
