@@ -138,16 +138,17 @@ def start_server(kind: str) -> tuple[subprocess.Popen[bytes], str]:
         port: int = sock.getsockname()[1]
     env = dict(os.environ)
     if kind in ("archipel", "archipel-open"):
-        from archipel._deploy.worker import ENV_VAR, WorkerSpec
+        from archipel._deploy.environment import WorkerSpec, worker_environment
 
         spec = WorkerSpec(
             app=f"{Path(__file__).resolve()}:app",
             name="currency",
             services=["currency"],
+            host="127.0.0.1",
             port=port,
             authenticate=kind == "archipel",
         )
-        env[ENV_VAR] = msgspec.json.encode(spec).decode()
+        env.update(worker_environment(spec))
         env["ARCHIPEL_SECRET"] = SECRET
         env["ARCHIPEL_LOG_LEVEL"] = "WARNING"
         command = [sys.executable, "-m", "archipel._deploy.worker"]

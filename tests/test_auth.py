@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 
+from archipel._deploy.environment import WorkerSpec, worker_environment
 from archipel._deploy.supervisor import free_port
-from archipel._deploy.worker import ENV_VAR, WorkerSpec
 from archipel._runtime import DATA_DIR_VAR
 from archipel._security.keyring import OPERATOR, edge_key, scrape_token
 from archipel._security.tokens import sign
@@ -147,9 +146,11 @@ async def test_opened_endpoints_need_no_credential(archipel_topology: Topology) 
 
 
 def test_a_process_with_internal_methods_and_no_secret_refuses_to_start(tmp_path: Path) -> None:
-    spec = WorkerSpec(app="tests.apps.shop:app", name="currency", services=["currency"], port=free_port())
+    spec = WorkerSpec(
+        app="tests.apps.shop:app", name="currency", services=["currency"], host="127.0.0.1", port=free_port()
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
-    env |= {ENV_VAR: msgspec.json.encode(spec).decode(), DATA_DIR_VAR: str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env |= {**worker_environment(spec), DATA_DIR_VAR: str(tmp_path), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "archipel._deploy.worker"], env=env, capture_output=True, text=True, timeout=60
     )

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import msgspec
 import pytest
 
+from archipel._deploy.environment import WorkerSpec, worker_environment
 from archipel._deploy.plan import plan
 from archipel._deploy.supervisor import Child, free_port, stop_waves
-from archipel._deploy.worker import ENV_VAR, WorkerSpec
 from archipel._loader import load_app
 from archipel._runtime import DATA_DIR_VAR
 from tests.test_cli import ROOT, alive, archipel, start, wait_for_status
@@ -213,13 +212,20 @@ def test_stop_order_is_callers_first_then_producers_then_consumers() -> None:
 def test_a_worker_exits_when_the_pipe_from_its_supervisor_closes(tmp_path: Path) -> None:
     # The fallback for PDEATHSIG: no prctl here, only the worker's own watch of its stdin.
     port = free_port()
-    spec = WorkerSpec(app=SHOP, name="currency", services=["currency"], port=port, supervisor_pid=os.getpid())
+    spec = WorkerSpec(
+        app=SHOP,
+        name="currency",
+        services=["currency"],
+        host="127.0.0.1",
+        port=port,
+        supervisor_pid=os.getpid(),
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "archipel._deploy.worker"],
         cwd=ROOT,
         env={
             **os.environ,
-            ENV_VAR: msgspec.json.encode(spec).decode(),
+            **worker_environment(spec),
             DATA_DIR_VAR: str(tmp_path),
             "PYTHONPATH": str(ROOT),
             "ARCHIPEL_SECRET": "a-secret-for-this-test-only-0123456789",

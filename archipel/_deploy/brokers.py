@@ -230,7 +230,7 @@ class BrokerKeeper:
             filters = sorted({shared_filter(self.deployment, s, topic) for s, topic in topics})
             if not filters:
                 continue
-            session = client_id(self.deployment, child.name, child.replica)
+            session = client_id(self.deployment, child.instance)
             try:
                 await restore_subscriptions(
                     host,
@@ -252,7 +252,7 @@ class BrokerKeeper:
         if self.url is None or not self.durable:
             return
         host, port = parse_broker_url(self.url)
-        session = client_id(self.deployment, child.name, child.replica)
+        session = client_id(self.deployment, child.instance)
         await end_session(host, port, session, **self.logins.process(child.name))
 
     def save(self) -> None:

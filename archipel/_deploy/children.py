@@ -42,11 +42,23 @@ class Child:
     since: float | None = None  # wall-clock start of the current process
     ready: bool = False
     retired: bool = False
+    leaving: bool = False  # out of the rotation, about to be stopped (scale-down, rollout)
+    version: str = ""  # of the code the current process runs (see _deploy.version)
     pump: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
         return self.name if self.replica == 0 else f"{self.name}#{self.replica}"
+
+    @property
+    def instance(self) -> str:
+        """Its stable name: MQTT client id suffix and outbox lease holder."""
+        return f"{self.name}-{self.replica}"
+
+    @property
+    def in_rotation(self) -> bool:
+        """Whether callers should send it calls: running, ready, and not on its way out."""
+        return self.running and self.ready and not self.leaving and not self.retired
 
     @property
     def pid(self) -> int | None:

@@ -42,11 +42,12 @@ from .children import (
     stop_waves,
     terminate,
 )
+from .environment import VERSION_VAR, worker_environment
 from .hygiene import die_with_parent
 from .logins import BrokerLogins
-from .plan import Mode, ProcessPlan
+from .plan import DeploymentPlan, Mode, ProcessPlan
 from .statefile import pid_alive, process_start, read_state, write_state
-from .worker import ENV_VAR, WorkerSpec
+from .version import code_version
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -95,6 +96,8 @@ class Supervisor:
         probe_failures: int = PROBE_FAILURES,
         authenticate: bool = True,
         open_endpoints: Sequence[str] = (),
+        probe_interval_peers: float = 1.0,
+        version: str = "",
     ) -> None:
         """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
         and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
@@ -110,6 +113,7 @@ class Supervisor:
         self.deployment = deployment or app.name
         if not _NAME.match(self.deployment):
             raise ValueError(f"deployment {self.deployment!r} must be lower case letters, digits, '-' or '_'")
+        self.probe_interval = probe_interval_peers  # how often each process probes its peers
         self.host = host
         self._first_port = port
         self.data_dir = Path(data_dir or Path(".archipel", "data", self.deployment)).absolute()
@@ -128,6 +132,23 @@ class Supervisor:
         self._authenticate = authenticate
         self.tls = TlsFiles.from_env(self._env)  # ARCHIPEL_TLS_*: every process serves HTTPS
         self._env.update(self.tls.env())  # absolute: a process may start in another folder
+        self.peers_file = self.data_dir / "peers.json"
+        # What every replica runs: the same plan the Compose and Kubernetes generators write out.
+        self.plan = DeploymentPlan(
+            app_ref=app_ref,
+            app=app,
+            deployment=self.deployment,
+            mode=mode,
+            processes=tuple(plans),
+            broker=broker or "",
+            port=port,
+            policies=dict(policies or {}),
+            authenticate=authenticate,
+            open_endpoints=tuple(open_endpoints),
+            tls=self.tls.serves_https,
+            drain=grace / 3,
+            version=version,
+        )
         self._operator: Signer | None = None
         self._open_endpoints = list(open_endpoints)
         self._echo = echo
@@ -161,6 +182,25 @@ class Supervisor:
             children=lambda: self.children,
             stopping=lambda: self._stopping,
             changed=self._changed,
+        )
+
+    @classmethod
+    def from_plan(cls, plan: DeploymentPlan, **local: Any) -> Supervisor:
+        """Run ``plan`` here; ``local`` sets what only a local cluster has (see ``__init__``)."""
+        return cls(
+            plan.app_ref,
+            plan.app,
+            list(plan.processes),
+            mode=plan.mode,
+            broker=plan.broker,
+            port=plan.port,
+            policies=plan.policies,
+            deployment=plan.deployment,
+            authenticate=plan.authenticate,
+            open_endpoints=plan.open_endpoints,
+            grace=plan.grace,
+            version=plan.version,
+            **local,
         )
 
     @property
@@ -241,6 +281,7 @@ class Supervisor:
         except BaseException:
             await self.stop()
             raise
+        self.publish_peers()
         self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         if self.broker_url is not None and self.mode == "microservices":
             self._watchers.append(asyncio.create_task(self._broker.watch()))
@@ -281,8 +322,8 @@ class Supervisor:
             )
 
     def _plan_children(self) -> None:
-        ports: dict[tuple[str, int], int] = {}
         index = 0
+        ports: dict[tuple[str, int], int] = {}
         for process in self.plans:
             for replica in range(process.replicas):
                 ports[process.name, replica] = (
@@ -291,56 +332,64 @@ class Supervisor:
                 index += 1
         peers: dict[str, list[str]] = {}
         for process in self.plans:
-            urls = [
-                f"{self.tls.scheme}://{self.host}:{ports[process.name, r]}" for r in range(process.replicas)
-            ]
             for service in process.services:
-                peers[service] = urls
+                peers[service] = [self._url(ports[process.name, r]) for r in range(process.replicas)]
         for process in self.plans:
             for replica in range(process.replicas):
-                port = ports[process.name, replica]
-                spec = WorkerSpec(
-                    app=self.app_ref,
-                    name=process.name,
-                    services=list(process.services),
-                    host=self.host,
-                    port=port,
-                    broker=self.broker_url if self.mode == "microservices" else None,
-                    peers={s: u for s, u in peers.items() if s not in process.services},
-                    replica=replica,
-                    max_body=self._max_body,
-                    durable=self.durable,
-                    policies=self._policies,
-                    deployment=self.deployment,
-                    drain=self._grace / 3,
-                    supervisor_pid=os.getpid(),
-                    internal=self.mode == "microservices",
-                    authenticate=self._authenticate,
-                    open_endpoints=self._open_endpoints,
-                    broker_login=self.broker_kind != RUMQTTD,
-                )
-                keyring = keyring_for(
-                    self.app, self.deployment, process.name, process.services, self._secrets
-                )
-                env = {
-                    **self._env,
-                    ENV_VAR: msgspec.json.encode(spec).decode(),
-                    KEYRING_VAR: msgspec.json.encode(keyring).decode(),
-                }
-                self.children.append(
-                    Child(
-                        process.name,
-                        [sys.executable, "-m", "archipel._deploy.worker"],
-                        env,
-                        url=f"{self.tls.scheme}://{self.host}:{port}",
-                        services=process.services,
-                        replica=replica,
-                    )
-                )
+                self.children.append(self.new_child(process, replica, ports[process.name, replica], peers))
+
+    def _url(self, port: int) -> str:
+        return f"{self.tls.scheme}://{self.host}:{port}"
+
+    def new_child(
+        self, process: ProcessPlan, replica: int, port: int, peers: Mapping[str, list[str]] | None = None
+    ) -> Child:
+        """One replica of ``process``, not started: its environment is what a container would get
+        (``_deploy.environment``), plus its keyring and the peers file the supervisor keeps."""
+        spec = self.plan.worker(
+            process,
+            peers=peers if peers is not None else self.peers(),
+            broker_url=self.broker_url,
+            host=self.host,
+            port=port,
+            replica=replica,
+            peers_file=str(self.peers_file),
+            durable=self.durable,
+            max_body=self._max_body,
+            supervisor_pid=os.getpid(),
+            broker_login=self.broker_kind != RUMQTTD,
+            probe_interval=self.probe_interval,
+        )
+        keyring = keyring_for(self.app, self.deployment, process.name, process.services, self._secrets)
+        env = {**self._env, **worker_environment(spec), KEYRING_VAR: msgspec.json.encode(keyring).decode()}
+        return Child(
+            process.name,
+            [sys.executable, "-m", "archipel.worker"],
+            env,
+            url=self._url(port),
+            services=process.services,
+            replica=replica,
+        )
+
+    def peers(self) -> dict[str, list[str]]:
+        """Each service's replicas that take calls now (all planned ones before the first start)."""
+        peers: dict[str, list[str]] = {}
+        for child in self.children:
+            for service in child.services:
+                urls = peers.setdefault(service, [])
+                if child.in_rotation:
+                    urls.append(child.url)
+        return peers
+
+    def publish_peers(self) -> None:
+        """Rewrite the peers file: every process re-reads it within a probe interval."""
+        write_state(self.peers_file, self.peers())
 
     async def _launch(self, child: Child) -> None:
         child.output.clear()
         child.ready = False
+        child.version = self.plan.version or code_version(self.app)  # the code on disk now
+        child.env[VERSION_VAR] = child.version
         child.process = await asyncio.create_subprocess_exec(
             *child.command,
             env=child.env,
@@ -396,6 +445,7 @@ class Supervisor:
             if self._stopping or child.retired:
                 return
             child.last_exit, child.ready = code, False
+            self.publish_peers()  # callers stop choosing it now, not at their next probe
             if not self._restart:
                 log.warning("%s exited with code %s", child.label, code)
                 self._changed()
@@ -416,6 +466,7 @@ class Supervisor:
             self._changed()
             with contextlib.suppress(StartupError):  # it died again: the loop restarts it
                 await self.wait_ready(child, 60.0)
+                self.publish_peers()
                 self._broker.save()
                 self._changed()
 
@@ -426,10 +477,36 @@ class Supervisor:
 
     # -- stop -------------------------------------------------------------------------------
 
-    async def retire(self, child: Child) -> None:
-        """Remove one replica for good (scale-down): stop it, then end its MQTT session
+    async def add_replica(self, process: ProcessPlan, timeout: float = 60.0) -> Child:
+        """Start one more replica of ``process`` (a fresh index: its own MQTT session), wait until
+        it is ready, then put it in the rotation. A replica that does not come up is stopped."""
+        replica = 1 + max((c.replica for c in self.children if c.name == process.name), default=-1)
+        child = self.new_child(process, replica, free_port(self.host))
+        self.children.append(child)
+        try:
+            await self._launch(child)
+            await self.wait_ready(child, timeout)
+        except BaseException:
+            child.retired = True
+            self.children.remove(child)
+            await terminate([child], self._grace)
+            raise
+        self._watchers.append(asyncio.create_task(self._watch(child)))
+        self.publish_peers()
+        self._broker.save()
+        self._changed()
+        return child
+
+    async def retire(self, child: Child, settle: float | None = None) -> None:
+        """Remove one replica for good (scale-down, rollout): take it out of the rotation, give
+        callers ``settle`` seconds (default: a probe interval and a half) to see that, stop it
+        (it finishes its calls and handlers), then end its MQTT session
         (:meth:`BrokerKeeper.end_session`). Stopping the whole deployment keeps every session
         instead: its events wait for the next start."""
+        child.leaving = True
+        self.publish_peers()
+        self._changed()
+        await asyncio.sleep(self.probe_interval * 1.5 if settle is None else settle)
         child.retired = True
         if child in self.children:
             self.children.remove(child)
@@ -487,10 +564,21 @@ class Supervisor:
                     "url": c.url,
                     "pid": c.pid if c.running else None,
                     "ready": c.ready and c.running,
+                    "health": _health(c),
                     "since": c.since if c.running else None,
+                    "uptime": round(time.time() - c.since, 1) if c.running and c.since else None,
+                    "version": c.version,
                     "restarts": c.restarts,
                     "last_exit_code": c.last_exit,
                 }
                 for c in self.children
             ],
         }
+
+
+def _health(child: Child) -> str:
+    if child.leaving and child.running:
+        return "draining"
+    if not child.running:
+        return "down"
+    return "ready" if child.ready else "starting"

@@ -1,7 +1,7 @@
 """One process of a deployment: some services of an app behind one uvicorn server.
 
-The supervisor starts ``python -m archipel._deploy.worker`` with a :class:`WorkerSpec` as JSON in the
-``ARCHIPEL_WORKER`` environment variable; tests build the same server in-process.
+The supervisor, a Compose file and a Kubernetes Deployment all start ``python -m archipel.worker``,
+configured by ``ARCHIPEL_*`` variables (``_deploy.environment``); tests build the same server in-process.
 
 On SIGTERM a worker stops taking requests, waits up to ``drain`` seconds for those in progress,
 then stops its event bus, which waits up to ``drain`` seconds for running handlers: the
@@ -15,8 +15,9 @@ import logging
 import math
 import os
 import sys
+import time
+from types import FrameType
 
-import msgspec
 import uvicorn
 
 from .._app import App
@@ -27,46 +28,24 @@ from .._loader import AppNotFound, load_app
 from .._resilience.policies import Policies
 from .._rpc.client import HttpTransport
 from .._rpc.limits import limited_h11
-from .._rpc.server import DEFAULT_MAX_BODY, RpcServer
+from .._rpc.membership import Membership
+from .._rpc.server import RpcServer
 from .._runtime import Runtime
 from .._security.keyring import KEYRING_VAR, Keyring, process_keyring
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError
 from .._security.tls import TlsError, TlsFiles
 from .._security.tokens import Signer, Verifier
+from .environment import BadEnvironment, WorkerSpec, worker_spec
 from .hygiene import exit_with_parent, set_parent_death_signal
-
-ENV_VAR = "ARCHIPEL_WORKER"
-
-
-class WorkerSpec(msgspec.Struct, kw_only=True):
-    app: str  # reference, e.g. "shop.app:app"
-    name: str  # process name, e.g. "checkout" or "monolith"
-    services: list[str]
-    host: str = "127.0.0.1"
-    port: int = 8000
-    broker: str | None = None  # mqtt://host:port; None: in-process event bus
-    peers: dict[str, list[str]] = msgspec.field(default_factory=dict)  # service -> base URLs
-    replica: int = 0
-    max_body: int = DEFAULT_MAX_BODY
-    redelivery_window: float | None = None  # None: ARCHIPEL_REDELIVERY_WINDOW or the default
-    durable: bool = True  # persistent MQTT session: events wait for this process while it is down
-    policies: dict[str, object] = msgspec.field(default_factory=dict)  # [policies] as configured
-    deployment: str = ""  # MQTT topic root and client-id prefix; "" means the app's name
-    drain: float = 5.0  # seconds for requests in progress, then as much for running event handlers
-    supervisor_pid: int = 0  # when set, exit as soon as this parent is gone (see _deploy.hygiene)
-    internal: bool = True  # serve internal methods (to callers with a credential); a monolith does not
-    authenticate: bool = True  # False serves internal methods to anyone: development only
-    open_endpoints: list[str] = msgspec.field(default_factory=list)  # of _rpc.server.OBSERVABLE
-    broker_login: bool = True  # log in to the broker with the keyring's login (not on rumqttd)
 
 
 class InsecureConfiguration(DefinitionError):
     """A process would serve internal methods without a way to check its callers."""
 
 
-def client_id(deployment: str, process: str, replica: int) -> str:
+def client_id(deployment: str, instance: str) -> str:
     """The MQTT client id of one replica: stable across restarts, so its durable session resumes."""
-    return f"{deployment}-{process}-{replica}"
+    return f"{deployment}-{instance}"
 
 
 def build_server(
@@ -94,15 +73,21 @@ def build_server(
         bus = MqttBus(
             spec.broker,
             deployment,
-            client_id=client_id(deployment, spec.name, spec.replica),
+            client_id=client_id(deployment, spec.instance_name),
             durable=spec.durable,
             drain_timeout=spec.drain,
             username=login.mqtt_username if login is not None else None,
             password=login.mqtt_password if login is not None else None,
             tls=mqtt_context(spec.broker, tls),
         )
+    membership = Membership(
+        spec.peers, peers_file=spec.peers_file, interval=spec.probe_interval, local=spec.services
+    )
     transport = HttpTransport(
-        spec.peers, signer=Signer(keyring) if keyring is not None else None, ssl=tls.client_context()
+        spec.peers,
+        signer=Signer(keyring) if keyring is not None else None,
+        ssl=tls.client_context(),
+        membership=membership,
     )
     policies = Policies.from_config(spec.policies, app)
     runtime = Runtime(
@@ -110,9 +95,8 @@ def build_server(
         spec.services,
         bus,
         remote=transport.proxy,
-        redelivery_window=spec.redelivery_window,
         interceptors=default_interceptors(app, policies, endpoints=transport.endpoints),
-        instance=f"{spec.name}.{spec.replica}",  # stable across restarts: takes back its outbox leases
+        instance=spec.instance_name,  # stable across restarts: takes back its outbox leases
     )
     return RpcServer(
         runtime,
@@ -122,6 +106,7 @@ def build_server(
         verifier=Verifier(keyring) if keyring is not None and spec.authenticate else None,
         internal=spec.internal,
         open_endpoints=tuple(spec.open_endpoints),
+        version=spec.version,
     )
 
 
@@ -168,7 +153,7 @@ def main() -> None:
         level=os.environ.get("ARCHIPEL_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        spec = msgspec.json.decode(os.environ[ENV_VAR], type=WorkerSpec)
+        spec = worker_spec(os.environ)
         if spec.supervisor_pid:
             _follow_supervisor(spec.supervisor_pid)
         app = load_app(spec.app)
@@ -177,14 +162,38 @@ def main() -> None:
         server = build_server(app, spec, tls=tls)
         # Read once: the services' code, and what it may spawn, need not see the keys.
         os.environ.pop(KEYRING_VAR, None)
-    except (KeyError, msgspec.DecodeError) as exc:
-        sys.exit(f"archipel worker: missing or invalid {ENV_VAR}: {exc}")
-    except (AppNotFound, DefinitionError, SecretError, TlsError) as exc:
+    except (AppNotFound, DefinitionError, SecretError, TlsError, BadEnvironment) as exc:
         sys.exit(f"archipel worker: {exc}")
-    uv = uvicorn.Server(uvicorn_config(server, spec.host, spec.port, spec.drain, tls))
+    uv = DrainingServer(
+        uvicorn_config(server, spec.host, spec.port, spec.drain, tls), server, spec.drain_delay
+    )
     asyncio.run(uv.serve())
     if not uv.started:
         sys.exit(3)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain delay: on the first SIGTERM the process answers ``/readyz`` with 503
+    but keeps serving for ``delay`` seconds, so callers (their probes, a Kubernetes Service) stop
+    choosing it before its port closes; then uvicorn's own graceful shutdown runs."""
+
+    def __init__(self, config: uvicorn.Config, rpc: RpcServer, delay: float) -> None:
+        super().__init__(config)
+        self._rpc = rpc
+        self._delay = delay
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._exit_at is not None or self._delay <= 0:  # a second signal does not wait
+            super().handle_exit(sig, frame)
+            return
+        self._rpc.draining = True
+        self._exit_at = time.monotonic() + self._delay
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return bool(await super().on_tick(counter))
 
 
 def _follow_supervisor(supervisor: int) -> None:

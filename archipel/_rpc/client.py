@@ -4,6 +4,7 @@ that expose exactly a service's ``@rpc`` methods with the same signatures.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,11 +20,15 @@ from .._errors import ArchipelError, DeadlineExceeded, RemoteError, Unavailable,
 from .._model import MethodSpec, ServiceSpec
 from .._proxy import make_proxy
 from .._security.tokens import Signer
+from .membership import Membership
 
 DEFAULT_TIMEOUT = 30.0  # only when no deadline interceptor set one
 # Below uvicorn's keep-alive (5 s): the client drops an idle connection before the server
 # closes it, so a call never goes out on a connection the server is closing.
 KEEPALIVE = 4.0
+# A replica that takes longer than this to accept a connection is taken for gone (a host cut off
+# the network drops the SYN): the call moves to another replica while its deadline still allows.
+CONNECT_TIMEOUT = 1.0
 
 
 class _ErrorBody(msgspec.Struct):
@@ -40,12 +45,13 @@ _error_decoder = msgspec.json.Decoder(_ErrorResponse)
 
 
 class HttpTransport:
-    """Pooled HTTP client for RPC. ``urls`` maps a service name to the base URLs of its replicas.
+    """Pooled HTTP client for RPC. ``urls`` maps a service name to the base URLs of its replicas;
+    ``membership`` (``_rpc.membership``), when given, keeps that list current and healthy.
 
     A proxy's method runs the interceptor chain of its call site; the chain ends in ``_send``,
     one attempt to one replica: ``invocation.endpoint`` when an interceptor chose it (the
-    breaker does), else the next replica round-robin. Retries, deadlines and breakers are
-    interceptors, never here.
+    breaker does), else the next replica in rotation, round-robin. Retries, deadlines and
+    breakers are interceptors, never here.
     """
 
     def __init__(
@@ -57,9 +63,12 @@ class HttpTransport:
         keepalive: float = KEEPALIVE,
         signer: Signer | None = None,
         ssl: SSLContext | None = None,
+        membership: Membership | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        self._replicas: dict[str, list[str]] = {name: list(u) for name, u in urls.items() if u}
-        self._turns: dict[str, Iterator[int]] = {name: itertools.count() for name in self._replicas}
+        self.membership = membership or Membership(urls, interval=0)  # 0: a fixed list, no probes
+        self._turns: dict[str, Iterator[int]] = collections.defaultdict(itertools.count)
+        self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._pool_size = pool_size
         self._keepalive = keepalive
@@ -68,8 +77,8 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
 
     def endpoints(self, service: str) -> list[str]:
-        """The base URLs of ``service``'s replicas (empty when unknown)."""
-        return self._replicas.get(service, [])
+        """The base URLs of ``service``'s replicas in rotation (empty when unknown)."""
+        return self.membership.healthy(service)
 
     async def start(self) -> None:
         if self._session is None:
@@ -80,8 +89,10 @@ class HttpTransport:
                 ssl=self._ssl if self._ssl is not None else True,
             )
             self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["User-Agent"])
+            self.membership.start(self._session)
 
     async def close(self) -> None:
+        await self.membership.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -96,7 +107,7 @@ class HttpTransport:
     ) -> Any:
         """An object with ``spec``'s rpc methods, each a coroutine that calls over HTTP through
         the interceptor chain of its site (``caller`` calling ``spec.name.method``)."""
-        if spec.name not in self._replicas:
+        if not self.membership.endpoints(spec.name):
             raise Unavailable(f"no address known for service {spec.name!r}")
 
         def chain(method: MethodSpec) -> tuple[Site, Next]:
@@ -147,14 +158,19 @@ class HttpTransport:
         url = base + path
         try:
             async with self._session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
             ) as response:
                 payload = await response.read()
                 status = response.status
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # No connection: the request was never sent, and this replica leaves the rotation.
+            self.membership.mark_down(base)
+            raise Unavailable(f"{spec.qualname}: cannot connect to {base}: {exc}", never_sent=True) from exc
         except TimeoutError:
             raise DeadlineExceeded(f"{spec.qualname} did not answer within {timeout:.3g}s") from None
-        except aiohttp.ClientConnectorError as exc:  # no connection: the request was never sent
-            raise Unavailable(f"{spec.qualname}: cannot connect to {base}: {exc}", never_sent=True) from exc
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{spec.qualname}: {base} failed: {exc}") from exc
         if status == 200:
@@ -162,7 +178,9 @@ class HttpTransport:
         raise _remote_error(spec, status, payload)
 
     def _next_replica(self, service: str, avoid: Sequence[str] = ()) -> str:
-        replicas = self._replicas[service]
+        replicas = self.membership.healthy(service)
+        if not replicas:
+            raise Unavailable(f"no replica of {service!r} is known", never_sent=True)
         if avoid:
             replicas = [url for url in replicas if url not in avoid] or replicas
         return replicas[next(self._turns[service]) % len(replicas)]

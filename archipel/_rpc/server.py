@@ -99,6 +99,7 @@ class RpcServer:
         verifier: Verifier | None = None,
         internal: bool = True,
         open_endpoints: tuple[str, ...] = (),
+        version: str = "",
     ) -> None:
         unknown = set(open_endpoints) - set(OBSERVABLE)
         if unknown:
@@ -109,6 +110,8 @@ class RpcServer:
         self.max_body = max_body
         self.verifier = verifier
         self.internal = internal
+        self.draining = False  # set at SIGTERM: /readyz answers 503 while calls are still served
+        self.version = version  # reported by /readyz: which code a replica runs during a rollout
         self._guarded = {_OBSERVABLE_PATHS[name] for name in OBSERVABLE if name not in open_endpoints}
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
@@ -293,8 +296,15 @@ class RpcServer:
         await _respond(send, 200, b'{"status":"ok"}')
 
     async def _readyz(self, send: Send) -> None:
-        ready = self.runtime.ready
-        body = msgspec.json.encode({"ready": ready, "services": list(self.runtime.instances)})
+        ready = self.runtime.ready and not self.draining
+        body = msgspec.json.encode(
+            {
+                "ready": ready,
+                "draining": self.draining,
+                "version": self.version,
+                "services": list(self.runtime.instances),
+            }
+        )
         await _respond(send, 200 if ready else 503, body)
 
     async def _openapi_json(self, send: Send) -> None:

@@ -12,13 +12,15 @@ import base64
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import msgspec
 
 from .._app import App
-from .secrets import derive, load_secrets, mqtt_password
+from .secrets import SecretError, derive, load_secrets, mqtt_password
 
 KEYRING_VAR = "ARCHIPEL_KEYRING"  # JSON Keyring a supervisor hands to each of its processes
+KEYRING_FILE_VAR = "ARCHIPEL_KEYRING_FILE"  # the same in a file: a mounted Kubernetes or Compose secret
 OPERATOR = "operator"  # the identity of tools and tests holding the secret; may call any method
 
 
@@ -94,12 +96,21 @@ def scrape_token(secret: bytes, deployment: str) -> str:
 def process_keyring(
     app: App, deployment: str, process: str, services: Iterable[str], env: Mapping[str, str] | None = None
 ) -> Keyring | None:
-    """This process's keyring: the one its supervisor handed over, else derived from the secret in
-    the environment (a container started on its own), else None (no secret configured)."""
+    """This process's keyring: the one handed over (``ARCHIPEL_KEYRING``, or the file that
+    ``ARCHIPEL_KEYRING_FILE`` names), else derived from the secret in the environment, else None
+    (no secret configured)."""
     env = os.environ if env is None else env
     handed = env.get(KEYRING_VAR)
+    if not handed and env.get(KEYRING_FILE_VAR):
+        try:
+            handed = Path(env[KEYRING_FILE_VAR]).read_text()
+        except OSError as exc:
+            raise SecretError(f"{KEYRING_FILE_VAR}: cannot read {env[KEYRING_FILE_VAR]}: {exc}") from exc
     if handed:
-        return msgspec.json.decode(handed, type=Keyring)
+        try:
+            return msgspec.json.decode(handed, type=Keyring)
+        except msgspec.DecodeError as exc:
+            raise SecretError(f"{KEYRING_VAR}/{KEYRING_FILE_VAR}: not a keyring: {exc}") from exc
     secrets = load_secrets(env)
     if secrets is None:
         return None

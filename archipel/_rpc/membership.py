@@ -1,0 +1,145 @@
+"""Which replicas of each peer service a process sends calls to, kept current while it runs.
+
+Three sources, from slow to fast:
+
+- the addresses it was started with (``ARCHIPEL_PEERS``), or a peers file (``ARCHIPEL_PEERS_FILE``)
+  that the local supervisor rewrites when replicas are added, replaced or removed; the file is
+  checked for changes at every probe round;
+- a probe of every known replica's ``/readyz`` each ``interval``: a replica that does not answer
+  200 within the interval (down, draining, starting, or cut off the network) leaves the rotation,
+  and joins it again at its first good answer;
+- a failed connection, which takes the replica out at once, without waiting for the next probe.
+
+When every replica of a service is out, calls go to all of them anyway: failing fast there is the
+breaker's job, not this module's, and a stale verdict must never make a healthy service unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+
+log = logging.getLogger("archipel.membership")
+
+
+class Membership:
+    def __init__(
+        self,
+        peers: Mapping[str, Sequence[str]],
+        *,
+        peers_file: str = "",
+        interval: float = 1.0,
+        local: Sequence[str] = (),
+    ) -> None:
+        """``local``: the services of this process, which the peers file lists too."""
+        self._known: dict[str, list[str]] = {name: list(urls) for name, urls in peers.items() if urls}
+        self._peers_file = peers_file
+        self._local = set(local)
+        self._file_stamp: tuple[int, int] | None = None
+        self._interval = interval
+        self._down: set[str] = set()  # base URLs out of the rotation
+        self._task: asyncio.Task[None] | None = None
+        self._read_file()
+
+    def services(self) -> set[str]:
+        return set(self._known)
+
+    def endpoints(self, service: str) -> list[str]:
+        """Every known replica of ``service``, in rotation or not."""
+        return self._known.get(service, [])
+
+    def healthy(self, service: str) -> list[str]:
+        """The replicas of ``service`` in rotation; all known ones when none is."""
+        known = self._known.get(service, [])
+        return [url for url in known if url not in self._down] or known
+
+    def is_down(self, url: str) -> bool:
+        return url in self._down
+
+    def mark_down(self, url: str) -> None:
+        """A connection to ``url`` failed: leave it out until a probe finds it ready."""
+        if url not in self._down:
+            self._down.add(url)
+            log.info("replica %s is out of rotation: a connection failed", url)
+
+    def replace(self, peers: Mapping[str, Sequence[str]]) -> None:
+        """Take ``peers`` (service -> base URLs) as the whole list of known replicas."""
+        known = {name: [url.rstrip("/") for url in urls] for name, urls in peers.items() if urls}
+        if known != self._known:
+            self._known = known
+            urls = self._all()
+            self._down &= urls
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        if self._task is None and self._interval > 0 and (self._known or self._peers_file):
+            self._task = asyncio.create_task(self._probe_forever(session))
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- probes ------------------------------------------------------------------------------
+
+    async def _probe_forever(self, session: aiohttp.ClientSession) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self._read_file()
+            urls = sorted(self._all())
+            verdicts = await asyncio.gather(*(self._probe(session, url) for url in urls))
+            for url, ready in zip(urls, verdicts, strict=True):
+                if ready and url in self._down:
+                    self._down.discard(url)
+                    log.info("replica %s is back in rotation", url)
+                elif not ready and url not in self._down:
+                    self._down.add(url)
+                    log.info("replica %s is out of rotation: not ready", url)
+            await asyncio.sleep(max(0.0, self._interval - (loop.time() - started)))
+
+    async def _probe(self, session: aiohttp.ClientSession, url: str) -> bool:
+        try:
+            async with session.get(
+                url + "/readyz", timeout=aiohttp.ClientTimeout(total=self._interval)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    def _all(self) -> set[str]:
+        return {url for urls in self._known.values() for url in urls}
+
+    # -- the peers file ----------------------------------------------------------------------
+
+    def _read_file(self) -> None:
+        if not self._peers_file:
+            return
+        try:
+            stat = os.stat(self._peers_file)
+        except OSError:
+            return  # not written yet: keep what we have
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._file_stamp:
+            return
+        try:
+            with open(self._peers_file, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as exc:
+            log.warning("peers file %s unreadable, keeping the current peers: %s", self._peers_file, exc)
+            return
+        self._file_stamp = stamp
+        if not isinstance(data, dict) or not all(
+            isinstance(urls, list) and all(isinstance(u, str) for u in urls) for urls in data.values()
+        ):
+            log.warning("peers file %s is not {service: [url, ...]}: ignored", self._peers_file)
+            return
+        self.replace({name: urls for name, urls in data.items() if name not in self._local})
