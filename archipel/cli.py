@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ._deploy.auth_commands import broker_files
+from ._deploy.cluster_commands import CONTROL_SOCKET, rollout, scale
 from ._deploy.operator import broker_login, call, token
-from ._deploy.plan import MODES, Mode, plan
+from ._deploy.plan import MODES, Mode, settings_plan
 from ._deploy.settings import ConfigError, Settings, find_settings, load_settings
 from ._deploy.statefile import is_stopped, pid_alive, read_state
 from ._deploy.supervisor import StartupError, Supervisor
@@ -36,6 +37,8 @@ cli.add_typer(broker_files)  # archipel broker-auth
 cli.command()(call)
 cli.command()(token)
 cli.command("broker-login")(broker_login)
+cli.command()(rollout)
+cli.command()(scale)
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
@@ -98,30 +101,26 @@ def run(
     if chosen_mode not in MODES:
         _fail(f"--mode must be one of {', '.join(MODES)}, not {chosen_mode!r}")
     try:
-        plans = plan(the_app, cast(Mode, chosen_mode), settings.groups, settings.replicas)
-    except DefinitionError as exc:
-        _fail(str(exc))
-    name = deployment or settings.deployment or the_app.name
-    try:
-        supervisor = Supervisor(
+        the_plan = settings_plan(
             reference,
             the_app,
-            plans,
+            settings,
             mode=cast(Mode, chosen_mode),
-            broker=broker or settings.broker,
+            broker=broker,
+            deployment=deployment,
+            port=port,
+        )
+        supervisor = Supervisor.from_plan(
+            the_plan,
             host=host or settings.host,
-            port=settings.port if port is None else port,
             echo=None if quiet else _echo,
-            deployment=name,
-            data_dir=data_dir or settings.data_dir or state_dir / "data" / name,
+            data_dir=data_dir or settings.data_dir or state_dir / "data" / the_plan.deployment,
             broker_port=broker_port,
             state_file=state_dir / STATE_FILE,
-            policies=settings.policies,
-            authenticate=settings.authenticate,
-            open_endpoints=settings.open_endpoints,
+            control_socket=state_dir / CONTROL_SOCKET,
             env=TlsFiles(settings.tls.cert, settings.tls.key, settings.tls.ca).env(),
         )
-    except ValueError as exc:
+    except (DefinitionError, ValueError) as exc:
         _fail(str(exc))
     _log_to_stderr()
     code = asyncio.run(_serve(supervisor))
@@ -222,17 +221,21 @@ def status(
 
 def _print_status(data: dict[str, Any]) -> None:
     table = Table(title=f"{data['deployment']} ({data['app']}) as {data['mode']}")
-    for column in ("process", "services", "pid", "up", "restarts", "last exit", "url"):
+    columns = ("process", "services", "pid", "health", "up", "restarts", "last exit", "version", "url")
+    for column in columns:
         table.add_column(column)
     for process in data["processes"]:
         uptime, last_exit = process["uptime"], process["last_exit_code"]
+        health = process.get("health") or ("ready" if process.get("ready") else "not ready")
         table.add_row(
             process["name"] if not process["replica"] else f"{process['name']}#{process['replica']}",
             ", ".join(process["services"]),
             str(process["pid"]) if process["alive"] else "-",
+            health if process["alive"] else "down",
             "-" if uptime is None else f"{uptime:.0f}s",
             str(process["restarts"]),
             "-" if last_exit is None else str(last_exit),
+            process.get("version") or "-",
             process["url"],
         )
     console.print(table)

@@ -7,12 +7,15 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .._app import App
+from .hygiene import die_with_parent
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -67,6 +70,32 @@ class Child:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    @property
+    def health(self) -> str:
+        if not self.running:
+            return "down"
+        if self.leaving:
+            return "draining"
+        return "ready" if self.ready else "starting"
+
+    def status(self) -> dict[str, object]:
+        """What ``archipel status`` shows of this replica."""
+        running = self.running
+        return {
+            "name": self.name,
+            "replica": self.replica,
+            "services": list(self.services),
+            "url": self.url,
+            "pid": self.pid if running else None,
+            "ready": self.ready and running,
+            "health": self.health,
+            "since": self.since if running else None,
+            "uptime": round(time.time() - self.since, 1) if running and self.since else None,
+            "version": self.version,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit,
+        }
 
     def tail(self) -> str:
         return "\n".join(self.output)
@@ -155,3 +184,40 @@ async def terminate(children: list[Child], grace: float) -> None:
     for child in children:
         if child.process is not None and child.process.stdin is not None:
             child.process.stdin.close()
+
+
+async def launch(child: Child, echo: Callable[[str, str], None] | None = None) -> None:
+    """Start ``child``'s command; its output goes to ``child.output`` (and ``echo``)."""
+    child.output.clear()
+    child.ready = False
+    child.process = await asyncio.create_subprocess_exec(
+        *child.command,
+        env=child.env,
+        cwd=child.cwd,
+        stdin=asyncio.subprocess.PIPE,  # never written: its EOF tells a worker we are gone
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+        preexec_fn=die_with_parent(os.getpid()),
+    )
+    child.since = time.time()
+    child.pump = asyncio.create_task(_pump(child, child.process, echo))
+
+
+async def _pump(
+    child: Child, process: asyncio.subprocess.Process, echo: Callable[[str, str], None] | None
+) -> None:
+    assert process.stdout is not None
+    async for raw in process.stdout:
+        line = raw.decode("utf-8", "replace").rstrip()
+        child.output.append(line)
+        if echo is not None:
+            echo(child.label, line)
+
+
+def check_alive(child: Child) -> None:
+    """Raise :class:`StartupError` with the end of its output if ``child`` has exited."""
+    if child.process is not None and child.process.returncode is not None:
+        raise StartupError(
+            f"{child.label} exited with code {child.process.returncode} during start-up:\n{child.tail()}"
+        )

@@ -206,7 +206,7 @@ def settings_plan(
         "replicas": settings.replicas,
         "deployment": settings.deployment,
         "broker": settings.broker,
-        "port": settings.port or DEFAULT_PORT,
+        "port": settings.port,
         "policies": settings.policies,
         "authenticate": settings.authenticate,
         "open_endpoints": settings.open_endpoints,

@@ -26,10 +26,9 @@ import msgspec
 from .._app import App
 from .._rpc.server import DEFAULT_MAX_BODY
 from .._runtime import DATA_DIR_VAR
-from .._security.keyring import KEYRING_VAR, OPERATOR, Keyring, keyring_for
-from .._security.secrets import SECRET_FILE_NAME, SECRET_FILE_VAR, SECRET_VAR, load_secrets, stored_secret
+from .._security.keyring import KEYRING_VAR, Keyring
+from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR
 from .._security.tls import TlsFiles
-from .._security.tokens import Signer, operator_headers
 from .broker import EMBEDDED, RUMQTTD
 from .brokers import BrokerKeeper, choose_broker
 from .children import (
@@ -37,16 +36,20 @@ from .children import (
     Child,
     PortInUse,
     StartupError,
+    check_alive,
     free_port,
-    port_is_free,
+    launch,
     stop_waves,
     terminate,
 )
+from .control import serve_control
+from .credentials import DeploymentSecrets
 from .environment import VERSION_VAR, worker_environment
-from .hygiene import die_with_parent
 from .logins import BrokerLogins
 from .plan import DeploymentPlan, Mode, ProcessPlan
-from .statefile import pid_alive, process_start, read_state, write_state
+from .scaling import ChangeRefused, Changes
+from .startup import check_ports, check_state_file, planned_ports
+from .statefile import process_start, write_state
 from .version import code_version
 
 log = logging.getLogger("archipel.supervisor")
@@ -98,6 +101,7 @@ class Supervisor:
         open_endpoints: Sequence[str] = (),
         probe_interval_peers: float = 1.0,
         version: str = "",
+        control_socket: Path | None = None,
     ) -> None:
         """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
         and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
@@ -125,14 +129,16 @@ class Supervisor:
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
         # The secret stays here: children get their keyrings (see _plan_children), not the secret.
-        self._given_secrets = load_secrets(self._env)
-        self._stored_secrets: list[bytes] | None = None
+        self.credentials = DeploymentSecrets(app, self.deployment, self.data_dir, self._env)
         for name in (SECRET_VAR, SECRET_FILE_VAR, KEYRING_VAR):
             self._env.pop(name, None)
         self._authenticate = authenticate
         self.tls = TlsFiles.from_env(self._env)  # ARCHIPEL_TLS_*: every process serves HTTPS
         self._env.update(self.tls.env())  # absolute: a process may start in another folder
         self.peers_file = self.data_dir / "peers.json"
+        self.changes = Changes(self)  # rollouts and scaling, one at a time
+        self._control_path = control_socket  # where `archipel rollout` and `archipel scale` connect
+        self._control: asyncio.AbstractServer | None = None
         # What every replica runs: the same plan the Compose and Kubernetes generators write out.
         self.plan = DeploymentPlan(
             app_ref=app_ref,
@@ -149,7 +155,6 @@ class Supervisor:
             drain=grace / 3,
             version=version,
         )
-        self._operator: Signer | None = None
         self._open_endpoints = list(open_endpoints)
         self._echo = echo
         self._restart = restart
@@ -178,7 +183,7 @@ class Supervisor:
             probe_interval=probe_interval,
             probe_failures=probe_failures,
             launch=self._launch,
-            check_alive=self._check_alive,
+            check_alive=check_alive,
             children=lambda: self.children,
             stopping=lambda: self._stopping,
             changed=self._changed,
@@ -229,24 +234,14 @@ class Supervisor:
 
     @property
     def secret_source(self) -> str:
-        """Where the deployment's secret comes from (never the secret): for the start-up table."""
-        if self._given_secrets:
-            return f"{SECRET_VAR} or {SECRET_FILE_VAR}"
-        return str(self.data_dir / SECRET_FILE_NAME)
+        return self.credentials.source
 
     @property
     def _secrets(self) -> list[bytes]:
-        """The deployment's secrets: given, else the one kept in the data directory, made on
-        first use (after the start-up checks, so a refused start leaves no data directory)."""
-        if self._given_secrets:
-            return self._given_secrets
-        if self._stored_secrets is None:
-            self._stored_secrets = [stored_secret(self.data_dir).encode()]
-        return self._stored_secrets
+        return self.credentials.secrets
 
     def operator_keyring(self) -> Keyring:
-        """Keys to call any service of this deployment as the operator (tools and tests)."""
-        return keyring_for(self.app, self.deployment, OPERATOR, (), self._secrets, operator=True)
+        return self.credentials.operator_keyring()
 
     @property
     def logins(self) -> BrokerLogins:
@@ -254,11 +249,7 @@ class Supervisor:
         return self._broker.logins
 
     def auth_headers(self, service: str) -> dict[str, str]:
-        """The operator's credential for ``service``: its internal methods, and /metrics and
-        /openapi.json of the processes hosting it."""
-        if self._operator is None:
-            self._operator = Signer(self.operator_keyring())
-        return operator_headers(self._operator, service)
+        return self.credentials.auth_headers(service)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -268,8 +259,9 @@ class Supervisor:
         Raises :class:`PortInUse` before starting anything if a fixed port is taken, and
         :class:`StartupError` (after stopping what started) if a process does not come up.
         """
-        self._check_ports()
-        self._check_state_file()
+        broker_port = self._broker.port if self._broker.ours else 0
+        check_ports(self.host, planned_ports(self.plans, self._first_port, broker_port))
+        check_state_file(self._state_file)
         try:
             self._broker.lock_data_dir()
             await self._broker.start(timeout)
@@ -288,38 +280,19 @@ class Supervisor:
         self._published = True
         self._broker.save()
         self._changed()
+        if self._control_path is not None:
+            self._control = await serve_control(self._control_path, self._command)
 
-    def _planned_ports(self) -> list[tuple[int, str]]:
-        planned: list[tuple[int, str]] = []
-        if self._first_port:
-            for process in self.plans:
-                for replica in range(process.replicas):
-                    label = process.name if replica == 0 else f"{process.name}#{replica}"
-                    planned.append((self._first_port + len(planned), label))
-        if self._broker.port and self._broker.ours:
-            planned.append((self._broker.port, "the broker"))
-        return planned
-
-    def _check_ports(self) -> None:
-        owners: dict[int, str] = {}
-        for port, owner in self._planned_ports():
-            if port in owners:
-                raise PortInUse(f"port {port} is planned for both {owners[port]} and {owner}")
-            owners[port] = owner
-            if not port_is_free(self.host, port):
-                raise PortInUse(
-                    f"port {port} on {self.host} is already in use (planned for {owner}); stop what "
-                    "uses it (another `archipel run`?) or choose other ports (0 picks free ones)"
-                )
-
-    def _check_state_file(self) -> None:
-        # One deployment per state file: a second one would overwrite what `archipel status` reads.
-        other = read_state(self._state_file) if self._state_file is not None else None
-        if other is not None and pid_alive(other.get("supervisor_pid"), other.get("supervisor_started")):
-            raise StartupError(
-                f"deployment {other.get('deployment')!r} already runs with its state in {self._state_file} "
-                f"(supervisor pid {other.get('supervisor_pid')}); stop it, or use another state directory"
-            )
+    async def _command(self, request: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+        """One request of the control channel (``_deploy.control``)."""
+        command, service = request.get("command"), request.get("service")
+        if not isinstance(service, str):
+            raise ChangeRefused("name a service (or a process)")
+        if command == "rollout":
+            return await self.changes.rollout(service, progress)
+        if command == "scale" and isinstance(request.get("replicas"), int):
+            return await self.changes.scale(service, request["replicas"], progress)
+        raise ChangeRefused(f"unknown command {command!r}: rollout SERVICE or scale SERVICE=N")
 
     def _plan_children(self) -> None:
         index = 0
@@ -360,7 +333,7 @@ class Supervisor:
             broker_login=self.broker_kind != RUMQTTD,
             probe_interval=self.probe_interval,
         )
-        keyring = keyring_for(self.app, self.deployment, process.name, process.services, self._secrets)
+        keyring = self.credentials.keyring(process.name, process.services)
         env = {**self._env, **worker_environment(spec), KEYRING_VAR: msgspec.json.encode(keyring).decode()}
         return Child(
             process.name,
@@ -386,37 +359,17 @@ class Supervisor:
         write_state(self.peers_file, self.peers())
 
     async def _launch(self, child: Child) -> None:
-        child.output.clear()
-        child.ready = False
-        child.version = self.plan.version or code_version(self.app)  # the code on disk now
-        child.env[VERSION_VAR] = child.version
-        child.process = await asyncio.create_subprocess_exec(
-            *child.command,
-            env=child.env,
-            cwd=child.cwd,
-            stdin=asyncio.subprocess.PIPE,  # never written: its EOF tells a worker we are gone
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-            preexec_fn=die_with_parent(os.getpid()),
-        )
-        child.since = time.time()
-        child.pump = asyncio.create_task(self._pump(child, child.process))
-
-    async def _pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            child.output.append(line)
-            if self._echo is not None:
-                self._echo(child.label, line)
+        if child.services:  # a worker, not the broker: which code it runs is what is on disk now
+            child.version = self.plan.version or code_version(self.app)
+            child.env[VERSION_VAR] = child.version
+        await launch(child, self._echo)
 
     async def wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         connector = aiohttp.TCPConnector(ssl=self.tls.client_context() or True)
         async with aiohttp.ClientSession(connector=connector) as session:
             while time.monotonic() < deadline:
-                self._check_alive(child)
+                check_alive(child)
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with session.get(
                         child.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
@@ -426,13 +379,6 @@ class Supervisor:
                             return
                 await asyncio.sleep(0.05)  # poll interval while the child boots
         raise StartupError(f"{child.label} was not ready within {timeout:.0f}s\n{child.tail()}")
-
-    @staticmethod
-    def _check_alive(child: Child) -> None:
-        if child.process is not None and child.process.returncode is not None:
-            raise StartupError(
-                f"{child.label} exited with code {child.process.returncode} during start-up:\n{child.tail()}"
-            )
 
     # -- watch ------------------------------------------------------------------------------
 
@@ -520,6 +466,10 @@ class Supervisor:
         """Stop every process: the edge first, event consumers last, the broker after all; each
         step SIGTERM, then SIGKILL what outlives the grace. MQTT sessions are kept."""
         self._stopping = True
+        if self._control is not None and self._control_path is not None:
+            self._control.close()
+            self._control_path.unlink(missing_ok=True)
+            self._control = None
         watchers, self._watchers = self._watchers, []
         for task in watchers:
             task.cancel()
@@ -556,29 +506,5 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "supervisor_started": process_start(os.getpid()),
             "updated": time.time(),
-            "processes": [
-                {
-                    "name": c.name,
-                    "replica": c.replica,
-                    "services": list(c.services),
-                    "url": c.url,
-                    "pid": c.pid if c.running else None,
-                    "ready": c.ready and c.running,
-                    "health": _health(c),
-                    "since": c.since if c.running else None,
-                    "uptime": round(time.time() - c.since, 1) if c.running and c.since else None,
-                    "version": c.version,
-                    "restarts": c.restarts,
-                    "last_exit_code": c.last_exit,
-                }
-                for c in self.children
-            ],
+            "processes": [c.status() for c in self.children],
         }
-
-
-def _health(child: Child) -> str:
-    if child.leaving and child.running:
-        return "draining"
-    if not child.running:
-        return "down"
-    return "ready" if child.ready else "starting"

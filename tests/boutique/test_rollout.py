@@ -1,0 +1,168 @@
+"""Rolling updates and live scaling of the running shop, under storefront load, with the real
+commands: `archipel run`, then `archipel rollout checkout` and `archipel scale checkout=N` while
+buyers browse and order. Not one request may fail, and every accepted order must be mailed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from boutique.checkout import new_order_id
+from boutique.email import SentMail
+
+from tests.boutique.buyer import checkout_form
+from tests.boutique.test_chaos import _stored, until
+from tests.test_cli import ROOT, wait_for_status
+
+BUYERS = 4
+_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class Load:
+    """Buyers on the storefront: home page, a product page, a basket, an order; each request
+    that does not answer 200 (or does not answer) is a failure, never retried."""
+
+    def __init__(self, storefront: str) -> None:
+        self.storefront = storefront
+        self.requests = 0
+        self.failures: list[str] = []
+        self.orders: list[str] = []
+        self.stop = asyncio.Event()
+
+    async def buyer(self, number: int) -> None:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
+            turn = 0
+            while not self.stop.is_set():
+                turn += 1
+                order_id = new_order_id()
+                form = {**checkout_form(f"rollout-{number}-{turn}@example.org"), "order_id": order_id}
+                steps: list[tuple[str, str, dict[str, str] | None]] = [
+                    ("GET", "/", None),
+                    ("GET", "/product/camp-mug", None),
+                    ("POST", "/basket/add", {"product_id": "camp-mug", "quantity": "1"}),
+                    ("POST", "/order", form),
+                ]
+                for method, path, data in steps:
+                    if not await self._request(web, method, path, data):
+                        break
+                else:
+                    self.orders.append(order_id)
+
+    async def _request(
+        self, web: aiohttp.ClientSession, method: str, path: str, data: dict[str, str] | None
+    ) -> bool:
+        self.requests += 1
+        try:
+            async with web.request(method, self.storefront + path, data=data, timeout=_TIMEOUT) as response:
+                body = await response.text()
+                if response.status == 200:
+                    return True
+                self.failures.append(f"{method} {path}: {response.status} {body[:200]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.failures.append(f"{method} {path}: {type(exc).__name__} {exc}")
+        return False
+
+
+async def archipel(state: Path, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "archipel",
+        *args,
+        "--state-dir",
+        str(state),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    text = output.decode()
+    assert process.returncode == 0, text
+    return text
+
+
+def _checkout(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in status["processes"] if p["name"] == "checkout"]
+
+
+async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_request(tmp_path: Path) -> None:
+    code = tmp_path / "boutique"
+    shutil.copytree(ROOT / "examples" / "boutique" / "boutique", code)  # a copy: the test edits it
+    state, data = tmp_path / "state", tmp_path / "data"
+    runner = _run(code, state, data)
+    try:
+        before = wait_for_status(state, runner)
+        storefront = next(p["url"] for p in before["processes"] if p["name"] == "frontend")
+        (old,) = _checkout(before)
+        load = Load(storefront)
+        buyers = [asyncio.create_task(load.buyer(n)) for n in range(BUYERS)]
+        await until(lambda: _len(load.orders), lambda n: n >= 5, 60)  # the load is flowing
+
+        # A new version of checkout: the code on disk changes, then a rollout replaces it.
+        (code / "checkout.py").write_text((code / "checkout.py").read_text() + "\n# version 2\n")
+        started, orders_before = time.monotonic(), len(load.orders)
+        log = await archipel(state, "rollout", "checkout")
+        rollout_seconds = time.monotonic() - started
+        orders_during = len(load.orders) - orders_before
+        rolled = json.loads(await archipel(state, "status", "--json"))
+        (new,) = _checkout(rolled)
+        await archipel(state, "scale", "checkout=3")
+        await _more_orders(load, 5)
+        scaled = _checkout(json.loads(await archipel(state, "status", "--json")))
+        await archipel(state, "scale", "checkout=1")
+        await _more_orders(load, 5)
+        load.stop.set()
+        await asyncio.wait_for(asyncio.gather(*buyers), 30)
+
+        print(
+            f"\nrollout of checkout under load: {rollout_seconds:.1f}s, {orders_during} orders during it; "
+            f"whole run: {load.requests} requests, {len(load.orders)} orders, "
+            f"{len(load.failures)} failed requests"
+        )
+        assert load.failures == [], load.failures[:5]
+        assert "rolled out" in log
+        assert new["pid"] != old["pid"] and new["version"] != old["version"], (old, new)
+        assert new["health"] == "ready" and new["replica"] > old["replica"]
+        assert len(scaled) == 3 and all(p["health"] == "ready" for p in scaled)
+
+        async def mailed() -> Counter[str]:
+            sent = await _stored(data, "email", "mail_by_order", SentMail)
+            return Counter(m.order_id for m in sent if m.kind == "confirmation")
+
+        confirmed = await until(mailed, lambda found: all(found[o] for o in load.orders), 60)
+        assert all(confirmed[o] == 1 for o in load.orders)
+    finally:
+        runner.send_signal(signal.SIGINT)
+        runner.communicate(timeout=60)
+
+
+def _run(code: Path, state: Path, data: Path) -> subprocess.Popen[str]:
+    """`archipel run` with no options but free ports and the test's folders: the default path."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "archipel", "run", f"{code}/app.py:app", "--port", "0", "--quiet"),
+            *("--state-dir", str(state), "--data-dir", str(data)),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def _more_orders(load: Load, count: int) -> None:
+    target = len(load.orders) + count
+    await until(lambda: _len(load.orders), lambda n: n >= target, 60)
+
+
+async def _len(items: list[str]) -> int:
+    return len(items)
