@@ -339,7 +339,10 @@ def _method_spec(cls: type, service: str, attr: str, func: Any, options: RpcOpti
         for p in params
     ]
     try:
-        arguments = msgspec.defstruct(f"{cls.__name__}_{attr}_args", fields, forbid_unknown_fields=True)
+        # Unknown arguments are ignored, as unknown fields of a Struct are: during a rolling update
+        # a newer caller may pass a keyword parameter this version does not have yet
+        # (docs/evolution.md).
+        arguments = msgspec.defstruct(f"{cls.__name__}_{attr}_args", fields)
         msgspec.json.schema_components([arguments, hints["return"]])  # raises on types JSON cannot carry
     except (TypeError, ValueError) as exc:
         raise DefinitionError(

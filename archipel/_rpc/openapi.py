@@ -4,8 +4,8 @@ It describes what the server answers, so that a client generated from it, or a f
 responses against it (``tests/boutique/test_schemathesis.py``), finds no surprise:
 
 - each method is ``POST /{service}/{method}``; its request body is the JSON object of its
-  arguments (``additionalProperties: false``: the server refuses unknown ones), required when a
-  parameter has no default. The constraints of the parameter types (``msgspec.Meta``: bounds,
+  arguments (unknown ones are ignored, as a newer caller's are during a rolling update), required
+  when a parameter has no default. The constraints of the parameter types (``msgspec.Meta``: bounds,
   lengths, patterns) are in the schema, and the server's decoder enforces them;
 - every error answers with the ``Error`` schema, under the statuses the server and the chain can
   produce (bad JSON 400, no or bad credential 401, caller not allowed 403, not found 404, body too
@@ -68,7 +68,7 @@ _ERRORS = {
     "400": "the body is not JSON, or a header is malformed (x-archipel-timeout-ms)",
     "404": "not found: a declared NotFound raised by the method",
     "413": "the body is larger than the server's limit",
-    "422": "an argument is missing, unknown, of the wrong type or breaks a constraint of its type "
+    "422": "an argument is missing, of the wrong type or breaks a constraint of its type "
     "(details.path names it), or a declared InvalidArgument raised by the method",
     "500": "the method failed; details.error_id finds it in the service's log",
     "503": "a dependency of the method is unavailable (unreachable, overloaded, its breaker open)",
