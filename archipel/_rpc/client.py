@@ -174,7 +174,16 @@ class HttpTransport:
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{spec.qualname}: {base} failed: {exc}") from exc
         if status == 200:
-            return decoder.decode(payload)
+            try:
+                return decoder.decode(payload)
+            except msgspec.DecodeError as exc:  # ValidationError too: an answer of another version
+                raise RemoteError(
+                    f"{spec.qualname}: the answer does not match {spec.returns!r}: {exc}",
+                    service=spec.service,
+                    method=spec.name,
+                    remote_kind="invalid_response",
+                    http_status=502,
+                ) from exc
         raise _remote_error(spec, status, payload)
 
     def _next_replica(self, service: str, avoid: Sequence[str] = ()) -> str:

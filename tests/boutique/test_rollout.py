@@ -166,3 +166,29 @@ async def _more_orders(load: Load, count: int) -> None:
 
 async def _len(items: list[str]) -> int:
     return len(items)
+
+
+async def test_a_rollout_whose_new_code_does_not_start_keeps_the_old_replicas_serving(tmp_path: Path) -> None:
+    code = tmp_path / "boutique"
+    shutil.copytree(ROOT / "examples" / "boutique" / "boutique", code)
+    state, data = tmp_path / "state", tmp_path / "data"
+    runner = _run(code, state, data)
+    try:
+        (old,) = _checkout(wait_for_status(state, runner))
+        (code / "checkout.py").write_text((code / "checkout.py").read_text() + "\ndef broken(:\n")
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "archipel", "rollout", "checkout", "--state-dir", str(state)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        output = (await asyncio.wait_for(process.communicate(), 120))[0].decode()
+        assert process.returncode == 1, output
+        assert "checkout#1 exited with code" in output and "SyntaxError" in output, output
+        (still,) = _checkout(json.loads(await archipel(state, "status", "--json")))
+        assert (still["pid"], still["health"]) == (old["pid"], "ready")
+        peers = json.loads((data / "peers.json").read_text())
+        assert peers["checkout"] == [old["url"]]
+    finally:
+        runner.send_signal(signal.SIGINT)
+        runner.communicate(timeout=60)

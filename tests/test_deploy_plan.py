@@ -1,0 +1,317 @@
+"""The deployment plan, the process contract (ARCHIPEL_* variables), the peers a process keeps
+current, the drain at SIGTERM, and the control channel of a local cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from archipel import Unavailable
+from archipel._deploy.children import free_port
+from archipel._deploy.control import ControlError, request, serve_control
+from archipel._deploy.environment import (
+    BadEnvironment,
+    WorkerSpec,
+    parse_peers,
+    worker_environment,
+    worker_spec,
+)
+from archipel._deploy.plan import deployment_plan
+from archipel._deploy.settings import Settings
+from archipel._errors import DefinitionError
+from archipel._loader import load_app
+from archipel._rpc.client import HttpTransport
+from archipel._rpc.membership import Membership
+from tests.test_cli import ROOT
+
+SHOP = "tests.apps.shop:app"
+BOUTIQUE = str(ROOT / "examples" / "boutique" / "boutique" / "app.py") + ":app"
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+def test_the_plan_knows_who_calls_whom_and_what_serves_pages() -> None:
+    app = load_app(BOUTIQUE)
+    plan = deployment_plan(
+        BOUTIQUE, app, groups={"storefront": ["frontend", "ads"]}, replicas={"checkout": 2}
+    )
+    assert plan.callers(plan.process("payment")) == ["checkout"]
+    assert plan.callers(plan.process("storefront")) == []
+    assert plan.serves_pages(plan.process("storefront")) and not plan.serves_pages(plan.process("cart"))
+    assert plan.process_of("ads").name == "storefront" and plan.process("checkout").replicas == 2
+    monolith = deployment_plan(BOUTIQUE, app, mode="monolith")
+    assert [p.name for p in monolith.processes] == ["monolith"] and not monolith.uses_broker
+
+
+def test_a_worker_of_the_plan_gets_its_peers_but_not_itself() -> None:
+    app = load_app(BOUTIQUE)
+    plan = deployment_plan(BOUTIQUE, app, deployment="shop-eu", drain=2.0)
+    peers = {s: [f"http://{s}:8000"] for s in app.specs}
+    checkout = plan.process("checkout")
+    spec = plan.worker(checkout, peers=peers, broker_url="mqtt://broker:1883", instance="c-1")
+    assert "checkout" not in spec.peers and spec.peers["payment"] == ["http://payment:8000"]
+    assert (spec.deployment, spec.drain, spec.broker, spec.instance) == (
+        "shop-eu",
+        2.0,
+        "mqtt://broker:1883",
+        "c-1",
+    )
+    assert spec.internal and spec.authenticate
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"deployment": "Shop EU"}, "deployment 'Shop EU'"),
+        ({"groups": {"web": ["frontend", "nope"]}}, "'nope'"),
+        ({"replicas": {"checkout": 0}}, "replicas must be at least 1"),
+    ],
+)
+def test_a_bad_plan_is_refused_with_what_is_wrong(change: dict[str, object], named: str) -> None:
+    with pytest.raises(DefinitionError, match=named):
+        deployment_plan(BOUTIQUE, load_app(BOUTIQUE), **change)  # type: ignore[arg-type]
+
+
+def test_settings_make_the_plan_and_options_override_them() -> None:
+    from archipel._deploy.plan import settings_plan
+
+    settings = Settings(groups={"web": ["frontend"]}, replicas={"web": 2}, port=0, broker="mqtt://b:1883")
+    plan = settings_plan(BOUTIQUE, load_app(BOUTIQUE), settings, deployment="other")
+    assert (plan.port, plan.broker, plan.deployment, plan.process("web").replicas) == (
+        0,
+        "mqtt://b:1883",
+        "other",
+        2,
+    )
+
+
+# -- the process contract ---------------------------------------------------------------------
+
+
+def test_the_environment_says_everything_a_worker_spec_says() -> None:
+    spec = WorkerSpec(
+        app=SHOP,
+        name="orders",
+        services=["checkout", "currency"],
+        host="10.0.0.2",
+        port=9000,
+        broker="mqtts://broker:8883",
+        peers={"payment": ["http://a:1", "http://b:2"], "email": ["https://e:3"]},
+        instance="orders-7f9",
+        version="v2",
+        drain=2.5,
+        drain_delay=1.0,
+        internal=False,
+        open_endpoints=["metrics"],
+        policies={"timeout": 3.0},
+        durable=False,
+    )
+    env = worker_environment(spec)
+    assert all(key.startswith("ARCHIPEL_") and isinstance(value, str) for key, value in env.items())
+    assert worker_spec(env) == spec
+    minimal = worker_environment(WorkerSpec(app=SHOP, name="currency", services=["currency"]))
+    assert minimal == {"ARCHIPEL_APP": SHOP, "ARCHIPEL_PROCESS": "currency"}  # defaults left out
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("ARCHIPEL_PORT", "eighty", "ARCHIPEL_PORT='eighty'"),
+        ("ARCHIPEL_PORT", "70000", "expected a port number"),
+        ("ARCHIPEL_PEERS", "cart", "not service=url"),
+        ("ARCHIPEL_PEERS", "cart=cart:8000", "must start with http://"),
+        ("ARCHIPEL_BROKER", "http://broker", "expected mqtt://"),
+        ("ARCHIPEL_DRAIN", "-1", "ARCHIPEL_DRAIN"),
+        ("ARCHIPEL_AUTHENTICATE", "maybe", "expected 1 or 0"),
+        ("ARCHIPEL_POLICIES", "[1]", "expected a JSON object"),
+    ],
+)
+def test_a_bad_variable_is_named_with_its_value(variable: str, value: str, named: str) -> None:
+    env = {"ARCHIPEL_APP": SHOP, "ARCHIPEL_PROCESS": "currency", variable: value}
+    with pytest.raises(BadEnvironment, match=named.replace("(", r"\(").replace("[", r"\[")):
+        worker_spec(env)
+
+
+def test_peers_accept_several_lines_and_urls() -> None:
+    text = "cart=http://c1:8000, http://c2:8000/\n payment=https://p:8443;;"
+    assert parse_peers(text) == {"cart": ["http://c1:8000", "http://c2:8000"], "payment": ["https://p:8443"]}
+
+
+def test_the_container_entry_point_refuses_a_missing_app_by_name() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")} | {"ARCHIPEL_PROCESS": "x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "archipel.worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1 and "ARCHIPEL_APP is not set" in result.stderr
+
+
+async def test_a_worker_answers_not_ready_while_it_drains_then_exits(tmp_path: Path) -> None:
+    """SIGTERM with a drain delay: /readyz says 503 (callers move away) while calls are still
+    answered; then the port closes and the process exits, within the delay and the drain."""
+    port = free_port()
+    spec = WorkerSpec(app=SHOP, name="currency", services=["currency"], host="127.0.0.1", port=port)
+    spec.drain_delay, spec.drain = 1.5, 1.0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
+    env |= worker_environment(spec) | {"ARCHIPEL_SECRET": "s" * 32, "ARCHIPEL_DATA_DIR": str(tmp_path)}
+    env["PYTHONPATH"] = str(ROOT)
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "archipel.worker", env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert await _status_until(http, base + "/readyz", 200) == 200
+            worker.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            assert await _status_until(http, base + "/readyz", 503) == 503
+            async with http.get(base + "/readyz") as response:
+                assert (await response.json())["draining"] is True
+            async with http.get(base + "/healthz") as response:  # still alive: only not taking new work
+                assert response.status == 200
+            code = await asyncio.wait_for(worker.wait(), 15)
+            assert time.monotonic() - sent >= 1.4 and code == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+
+
+async def _status_until(http: aiohttp.ClientSession, url: str, wanted: int, within: float = 30) -> int:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                if response.status == wanted or time.monotonic() > deadline:
+                    return response.status
+        except aiohttp.ClientError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)  # the worker is starting (or turning to drain): poll it
+
+
+# -- membership -------------------------------------------------------------------------------
+
+
+class Replica:
+    """A real HTTP server on 127.0.0.1 that answers /readyz as told."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def readyz(_: web.Request) -> web.Response:
+            return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+
+        app = web.Application()
+        app.router.add_get("/readyz", readyz)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def _until(condition: object, within: float = 10.0) -> None:
+    assert callable(condition)
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.02)  # membership changes at its probe interval: poll it
+
+
+async def test_probes_take_a_replica_out_while_not_ready_and_back_when_ready() -> None:
+    one, two = Replica(), Replica()
+    await one.start()
+    await two.start()
+    membership = Membership({"cart": [one.url, two.url]}, interval=0.1)
+    async with aiohttp.ClientSession() as session:
+        membership.start(session)
+        try:
+            two.ready = False  # draining or starting
+            await _until(lambda: membership.healthy("cart") == [one.url])
+            two.ready = True
+            await _until(lambda: membership.healthy("cart") == [one.url, two.url])
+            await one.stop()  # gone: nothing listens
+            await _until(lambda: membership.healthy("cart") == [two.url])
+            await two.stop()
+            await _until(lambda: membership.is_down(two.url))
+            assert membership.healthy("cart") == [one.url, two.url]  # none healthy: try them all
+        finally:
+            await membership.close()
+
+
+async def test_the_peers_file_replaces_the_peers_and_a_bad_one_is_ignored(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({"cart": ["http://a:1"], "checkout": ["http://self:2"]}))
+    membership = Membership({"cart": ["http://old:1"]}, peers_file=str(peers), local=["checkout"])
+    assert membership.endpoints("cart") == ["http://a:1"] and membership.endpoints("checkout") == []
+    peers.write_text('{"cart": "http://not-a-list"}')
+    membership._read_file()
+    assert membership.endpoints("cart") == ["http://a:1"]
+    peers.write_text(json.dumps({"cart": ["http://a:1", "http://b:1"]}))
+    os.utime(peers, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    membership._read_file()
+    assert membership.endpoints("cart") == ["http://a:1", "http://b:1"]
+
+
+async def test_a_refused_connection_takes_the_replica_out_at_once() -> None:
+    from tests.apps.shop import Currency, Money
+
+    live = Replica()
+    await live.start()
+    dead = f"http://127.0.0.1:{free_port()}"
+    transport = HttpTransport({"currency": [dead]})
+    spec = load_app(SHOP).spec_of(Currency)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await transport.proxy(spec).convert(Money("EUR", 1), "USD")
+        assert caught.value.never_sent and transport.membership.is_down(dead)
+    finally:
+        await transport.close()
+        await live.stop()
+
+
+# -- the control channel ----------------------------------------------------------------------
+
+
+async def test_the_control_socket_is_private_and_answers_bad_requests_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+
+    async def handle(message: dict[str, object], progress: object) -> dict[str, object]:
+        assert callable(progress)
+        progress("working")
+        if message.get("command") != "ok":
+            raise ValueError(f"unknown command {message.get('command')!r}")
+        return {"done": True}
+
+    server = await serve_control(path, handle)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        seen: list[str] = []
+        assert await request(path, {"command": "ok"}, seen.append) == {"done": True}
+        assert seen == ["working"]
+        with pytest.raises(ControlError, match="unknown command 'nope'"):
+            await request(path, {"command": "nope"}, seen.append)
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"not json\n")
+        assert "bad request" in json.loads(await reader.readline())["error"]
+        writer.close()
+    finally:
+        server.close()
+    with pytest.raises(ControlError, match="no running deployment"):
+        await request(tmp_path / "none.sock", {}, print)
