@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ._deploy.auth_commands import broker_files
 from ._deploy.cluster_commands import CONTROL_SOCKET, rollout, scale
+from ._deploy.deploy_commands import deploy
 from ._deploy.operator import broker_login, call, token
 from ._deploy.plan import MODES, Mode, settings_plan
 from ._deploy.settings import ConfigError, Settings, find_settings, load_settings
@@ -34,6 +35,7 @@ from ._security.tls import TlsFiles
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(events, name="events")
 cli.add_typer(broker_files)  # archipel broker-auth
+cli.add_typer(deploy, name="deploy")  # archipel deploy docker|compose|kubernetes|secrets
 cli.command()(call)
 cli.command()(token)
 cli.command("broker-login")(broker_login)

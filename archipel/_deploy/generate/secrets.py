@@ -1,0 +1,54 @@
+"""``archipel deploy secrets``: the files the generated deployments take their credentials from.
+
+From the deployment's secret, into one folder (directories 0700, files 0600)::
+
+    PROCESS/keyring.json       each process's keyring: its edges' keys, its broker login
+    broker-auth/passwords      the broker's logins, hashed (microservices only)
+    broker-auth/acl            what each login may publish and read
+
+Each subfolder is one Kubernetes Secret (``kubectl create secret generic NAME --from-file=DIR``)
+or the Compose secrets that ``compose.yaml`` names. The secret itself is written nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from ..._errors import DefinitionError
+from ..._security.keyring import keyring_for
+from ..acl import _write_private, broker_auth_files
+from ..plan import DeploymentPlan
+
+KEYRING = "keyring.json"
+BROKER_AUTH = "broker-auth"
+
+
+def write_secrets(plan: DeploymentPlan, secrets: Sequence[bytes], out: Path) -> list[Path]:
+    """Write the credential files of ``plan`` into ``out``; return the folders written."""
+    if BROKER_AUTH in plan.process_names:
+        raise DefinitionError(
+            f"a process named {BROKER_AUTH!r} would clash with the broker's files; rename it"
+        )
+    _private_dir(out)
+    folders = []
+    for process in plan.processes:
+        folder = _private_dir(out / process.name)
+        keyring = keyring_for(plan.app, plan.deployment, process.name, process.services, list(secrets))
+        _write_private(folder / KEYRING, msgspec.json.encode(keyring).decode())
+        folders.append(folder)
+    if plan.uses_broker:
+        folder = _private_dir(out / BROKER_AUTH)
+        processes = {process.name: process.services for process in plan.processes}
+        broker_auth_files(plan.app, plan.deployment, processes, secrets[0], folder)
+        folders.append(folder)
+    return folders
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
