@@ -157,9 +157,10 @@ def test_the_container_entry_point_refuses_a_missing_app_by_name() -> None:
     assert result.returncode == 1 and "ARCHIPEL_APP is not set" in result.stderr
 
 
-async def test_a_worker_answers_not_ready_while_it_drains_then_exits(tmp_path: Path) -> None:
-    """SIGTERM with a drain delay: /readyz says 503 (callers move away) while calls are still
-    answered; then the port closes and the process exits, within the delay and the drain."""
+async def test_a_draining_worker_takes_no_connection_and_sheds_the_ones_it_has(tmp_path: Path) -> None:
+    """SIGTERM with a drain delay: the port stops taking connections at once; on a connection it
+    already has, the worker still answers, /readyz with 503, each answer closing the connection;
+    then it exits, after the delay."""
     port = free_port()
     spec = WorkerSpec(app=SHOP, name="currency", services=["currency"], host="127.0.0.1", port=port)
     spec.drain_delay, spec.drain = 1.5, 1.0
@@ -167,23 +168,41 @@ async def test_a_worker_answers_not_ready_while_it_drains_then_exits(tmp_path: P
     env |= worker_environment(spec) | {"ARCHIPEL_SECRET": "s" * 32, "ARCHIPEL_DATA_DIR": str(tmp_path)}
     env["PYTHONPATH"] = str(ROOT)
     worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "archipel.worker", env=env)
-    base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            assert await _status_until(http, base + "/readyz", 200) == 200
-            worker.send_signal(signal.SIGTERM)
-            sent = time.monotonic()
-            assert await _status_until(http, base + "/readyz", 503) == 503
-            async with http.get(base + "/readyz") as response:
-                assert (await response.json())["draining"] is True
-            async with http.get(base + "/healthz") as response:  # still alive: only not taking new work
-                assert response.status == 200
-            code = await asyncio.wait_for(worker.wait(), 15)
-            assert time.monotonic() - sent >= 1.4 and code == 0
+            assert await _status_until(http, f"http://127.0.0.1:{port}/readyz", 200) == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # kept alive
+        assert (await _get(reader, writer, "/healthz"))[0] == 200
+        worker.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        await _until(lambda: not _accepts(port))
+        status, headers, body = await _get(reader, writer, "/readyz")
+        assert status == 503 and json.loads(body)["draining"] is True
+        assert headers.get("connection") == "close" and await reader.read() == b""
+        writer.close()
+        code = await asyncio.wait_for(worker.wait(), 15)
+        assert time.monotonic() - sent >= 1.4 and code == 0
     finally:
         if worker.returncode is None:
             worker.kill()
             await worker.wait()
+
+
+async def _get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[int, dict[str, str], bytes]:
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: test\r\n\r\n".encode())
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:  # chunked
+        body = b""
+        while size := int((await reader.readline()).strip(), 16):
+            body += await reader.readexactly(size)
+            await reader.readline()
+        await reader.readline()
+    return int(head[0].split()[1]), headers, body
 
 
 async def _status_until(http: aiohttp.ClientSession, url: str, wanted: int, within: float = 30) -> int:
@@ -196,7 +215,14 @@ async def _status_until(http: aiohttp.ClientSession, url: str, wanted: int, with
         except aiohttp.ClientError:
             if time.monotonic() > deadline:
                 raise
-        await asyncio.sleep(0.05)  # the worker is starting (or turning to drain): poll it
+        await asyncio.sleep(0.05)  # the worker is starting: poll it
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- membership -------------------------------------------------------------------------------

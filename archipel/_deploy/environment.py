@@ -23,6 +23,8 @@ from one :class:`WorkerSpec`, so a process cannot behave differently under the t
 ``ARCHIPEL_OPEN_ENDPOINTS``     ``metrics``, ``openapi``: served without a credential
 ``ARCHIPEL_BROKER_LOGIN``       ``0``: connect to the broker anonymously (rumqttd)
 ``ARCHIPEL_DURABLE``            ``0``: clean MQTT sessions (events sent while down are lost)
+``ARCHIPEL_REUSE_PORT``         ``1``: listen with SO_REUSEPORT, so several replicas on one host share
+                                one port (the local cluster's edge: its public address never moves)
 ``ARCHIPEL_POLICIES``           the ``[policies]`` table as JSON
 ``ARCHIPEL_MAX_BODY``           the largest request body accepted, in bytes
 ``ARCHIPEL_PROBE_INTERVAL``     seconds between health probes of each peer replica
@@ -74,6 +76,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     authenticate: bool = True  # False serves internal methods to anyone: development only
     open_endpoints: list[str] = msgspec.field(default_factory=list)  # of _rpc.server.OBSERVABLE
     broker_login: bool = True  # log in to the broker with the keyring's login (not on rumqttd)
+    reuse_port: bool = False  # SO_REUSEPORT: replicas of the edge share one public port
 
     @property
     def instance_name(self) -> str:
@@ -217,6 +220,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "authenticate": _field("ARCHIPEL_AUTHENTICATE", _write_flag),
     "open_endpoints": _field("ARCHIPEL_OPEN_ENDPOINTS", ",".join),
     "broker_login": _field("ARCHIPEL_BROKER_LOGIN", _write_flag),
+    "reuse_port": _field("ARCHIPEL_REUSE_PORT", _write_flag),
     "durable": _field("ARCHIPEL_DURABLE", _write_flag),
     "policies": _field("ARCHIPEL_POLICIES", lambda value: json.dumps(value, sort_keys=True)),
     "max_body": _field("ARCHIPEL_MAX_BODY"),
@@ -240,6 +244,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "authenticate": _flag,
     "open_endpoints": _list,
     "broker_login": _flag,
+    "reuse_port": _flag,
     "durable": _flag,
     "policies": _policies,
     "max_body": _positive,

@@ -11,12 +11,15 @@ from .plan import ProcessPlan
 from .statefile import pid_alive, read_state
 
 
-def planned_ports(plans: Sequence[ProcessPlan], first_port: int, broker_port: int) -> list[tuple[int, str]]:
-    """The fixed ports a start will bind, each with what it is for (none when ports are picked)."""
+def planned_ports(
+    plans: Sequence[ProcessPlan], first_port: int, broker_port: int, shared: Sequence[str] = ()
+) -> list[tuple[int, str]]:
+    """The fixed ports a start will bind, each with what it is for (none when ports are picked);
+    the replicas of a ``shared`` process all listen on its first port."""
     planned: list[tuple[int, str]] = []
     if first_port:
         for process in plans:
-            for replica in range(process.replicas):
+            for replica in range(1 if process.name in shared else process.replicas):
                 label = process.name if replica == 0 else f"{process.name}#{replica}"
                 planned.append((first_port + len(planned), label))
     if broker_port:

@@ -69,6 +69,7 @@ STABLE_AFTER = 30.0  # seconds a restarted process must live before its back-off
 DEFAULT_GRACE = 15.0  # seconds a process may take to stop before SIGKILL
 PROBE_INTERVAL = 1.0
 PROBE_FAILURES = 3  # failed broker probes in a row before the broker is restarted
+EDGE_DRAIN_DELAY = 1.0  # seconds a stopping edge replica sheds its kept-alive connections
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -260,7 +261,8 @@ class Supervisor:
         :class:`StartupError` (after stopping what started) if a process does not come up.
         """
         broker_port = self._broker.port if self._broker.ours else 0
-        check_ports(self.host, planned_ports(self.plans, self._first_port, broker_port))
+        edges = [p.name for p in self.plans if self.plan.serves_pages(p)]
+        check_ports(self.host, planned_ports(self.plans, self._first_port, broker_port, edges))
         check_state_file(self._state_file)
         try:
             self._broker.lock_data_dir()
@@ -299,6 +301,9 @@ class Supervisor:
         ports: dict[tuple[str, int], int] = {}
         for process in self.plans:
             for replica in range(process.replicas):
+                if replica and self.plan.serves_pages(process):  # the edge's replicas share its port
+                    ports[process.name, replica] = ports[process.name, 0]
+                    continue
                 ports[process.name, replica] = (
                     free_port(self.host) if self._first_port == 0 else self._first_port + index
                 )
@@ -319,6 +324,7 @@ class Supervisor:
     ) -> Child:
         """One replica of ``process``, not started: its environment is what a container would get
         (``_deploy.environment``), plus its keyring and the peers file the supervisor keeps."""
+        edge = self.plan.serves_pages(process)
         spec = self.plan.worker(
             process,
             peers=peers if peers is not None else self.peers(),
@@ -332,6 +338,10 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             broker_login=self.broker_kind != RUMQTTD,
             probe_interval=self.probe_interval,
+            reuse_port=edge,  # its public address survives rollouts
+            # Internal callers leave a replica before it stops (retire); the edge's clients are
+            # told to, one answer at a time, while the other replicas take its port's connections.
+            drain_delay=EDGE_DRAIN_DELAY if edge else 0.0,
         )
         keyring = self.credentials.keyring(process.name, process.services)
         env = {**self._env, **worker_environment(spec), KEYRING_VAR: msgspec.json.encode(keyring).decode()}
@@ -426,8 +436,11 @@ class Supervisor:
     async def add_replica(self, process: ProcessPlan, timeout: float = 60.0) -> Child:
         """Start one more replica of ``process`` (a fresh index: its own MQTT session), wait until
         it is ready, then put it in the rotation. A replica that does not come up is stopped."""
-        replica = 1 + max((c.replica for c in self.children if c.name == process.name), default=-1)
-        child = self.new_child(process, replica, free_port(self.host))
+        siblings = [c for c in self.children if c.name == process.name]
+        replica = 1 + max((c.replica for c in siblings), default=-1)
+        edge = self.plan.serves_pages(process) and siblings  # shares the public port: SO_REUSEPORT
+        port = int(siblings[0].url.rsplit(":", 1)[1]) if edge else free_port(self.host)
+        child = self.new_child(process, replica, port)
         self.children.append(child)
         try:
             await self._launch(child)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from types import FrameType
@@ -167,15 +168,17 @@ def main() -> None:
     uv = DrainingServer(
         uvicorn_config(server, spec.host, spec.port, spec.drain, tls), server, spec.drain_delay
     )
-    asyncio.run(uv.serve())
+    asyncio.run(uv.serve(sockets=[shared_socket(spec.host, spec.port)] if spec.reuse_port else None))
     if not uv.started:
         sys.exit(3)
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, with a drain delay: on the first SIGTERM the process answers ``/readyz`` with 503
-    but keeps serving for ``delay`` seconds, so callers (their probes, a Kubernetes Service) stop
-    choosing it before its port closes; then uvicorn's own graceful shutdown runs."""
+    """uvicorn, with a drain delay: on the first SIGTERM the process stops accepting connections,
+    answers ``/readyz`` with 503, and for ``delay`` seconds keeps answering on the connections it
+    has, each answer asking the client to close its connection; callers (their probes, a
+    Kubernetes Service, the other replicas of a shared port) move to other replicas meanwhile,
+    before uvicorn's own graceful shutdown closes what is left."""
 
     def __init__(self, config: uvicorn.Config, rpc: RpcServer, delay: float) -> None:
         super().__init__(config)
@@ -189,11 +192,28 @@ class DrainingServer(uvicorn.Server):
             return
         self._rpc.draining = True
         self._exit_at = time.monotonic() + self._delay
+        asyncio.get_running_loop().call_soon_threadsafe(self._stop_listening)
+
+    def _stop_listening(self) -> None:
+        for server in self.servers:
+            server.close()  # new connections go to the other listeners of a shared port
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self.should_exit = True
         return bool(await super().on_tick(counter))
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other replicas on this host may bind too (SO_REUSEPORT): the
+    kernel spreads new connections over them, and a replica that stops leaves the others serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def _follow_supervisor(supervisor: int) -> None:

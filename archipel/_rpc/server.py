@@ -157,7 +157,7 @@ class RpcServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self._http(scope, receive, _closing(send) if self.draining else send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif self._public is not None:
@@ -322,6 +322,19 @@ class RpcServer:
         headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": generate_latest(REGISTRY)})
+
+
+def _closing(send: Send) -> Send:
+    """``send``, asking the client to close the connection after this response: a draining
+    process sheds its kept-alive connections one answer at a time, so no client sends a request
+    on a connection the process is about to close."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 _TIMEOUT = _context.TIMEOUT_HEADER.encode()

@@ -1,6 +1,7 @@
 """Rolling updates and live scaling of the running shop, under storefront load, with the real
-commands: `archipel run`, then `archipel rollout checkout` and `archipel scale checkout=N` while
-buyers browse and order. Not one request may fail, and every accepted order must be mailed."""
+commands: `archipel run`, then `archipel rollout checkout`, `archipel rollout frontend` (the
+edge the buyers talk to) and `archipel scale checkout=N` while buyers browse and order. Not one
+request may fail, and every accepted order must be mailed."""
 
 from __future__ import annotations
 
@@ -115,6 +116,15 @@ async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_req
         orders_during = len(load.orders) - orders_before
         rolled = json.loads(await archipel(state, "status", "--json"))
         (new,) = _checkout(rolled)
+        # The edge keeps its address: its replicas share the public port (SO_REUSEPORT).
+        (frontend,) = [p for p in rolled["processes"] if p["name"] == "frontend"]
+        await archipel(state, "rollout", "frontend")
+        await _more_orders(load, 5)
+        (edge,) = [
+            p
+            for p in json.loads(await archipel(state, "status", "--json"))["processes"]
+            if p["name"] == "frontend"
+        ]
         await archipel(state, "scale", "checkout=3")
         await _more_orders(load, 5)
         scaled = _checkout(json.loads(await archipel(state, "status", "--json")))
@@ -133,6 +143,7 @@ async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_req
         assert new["pid"] != old["pid"] and new["version"] != old["version"], (old, new)
         assert new["health"] == "ready" and new["replica"] > old["replica"]
         assert len(scaled) == 3 and all(p["health"] == "ready" for p in scaled)
+        assert edge["url"] == frontend["url"] == storefront and edge["pid"] != frontend["pid"]
 
         async def mailed() -> Counter[str]:
             sent = await _stored(data, "email", "mail_by_order", SentMail)
