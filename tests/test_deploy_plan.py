@@ -97,6 +97,22 @@ def test_settings_make_the_plan_and_options_override_them() -> None:
     )
 
 
+def test_a_start_resumes_the_replicas_of_the_previous_run() -> None:
+    from archipel._deploy.plan import ProcessPlan
+    from archipel._deploy.replica_set import replica_set
+
+    plans = [ProcessPlan("web", ("frontend",), 2), ProcessPlan("checkout", ("checkout",), 2)]
+    ports = iter(range(9000, 9100))
+    previous = {"checkout": [3, 5, 4], "web": "junk"}  # after rollouts, and a damaged entry
+    chosen, surplus = replica_set(
+        plans, previous, first_port=0, pick_port=lambda: next(ports), shared=["web"]
+    )
+    assert chosen == {"web": {0: 9000, 1: 9000}, "checkout": {3: 9001, 4: 9002}}
+    assert surplus == [("checkout", 5)]
+    chosen, surplus = replica_set(plans, {"checkout": [7]}, first_port=8000, pick_port=lambda: 0)
+    assert chosen == {"web": {0: 8000, 1: 8001}, "checkout": {7: 8002, 8: 8003}} and surplus == []
+
+
 # -- the process contract ---------------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@ waits for readiness, restarts what dies, watches the broker, and stops everythin
   :class:`~._deploy.brokers.BrokerKeeper` the supervisor owns and hears of every change from.
 - Children die with the supervisor, whatever kills it (``_deploy.hygiene``).
 - The state file (``archipel status``) is rewritten, atomically, whenever something changes.
+- Rollouts and scaling (``_deploy.scaling``) drive it through :meth:`Supervisor.add_replica` and
+  :meth:`Supervisor.retire`; it stays one module because it alone owns the children's lifecycle.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ from .credentials import DeploymentSecrets
 from .environment import VERSION_VAR, worker_environment
 from .logins import BrokerLogins
 from .plan import DeploymentPlan, Mode, ProcessPlan
+from .replica_set import replica_set
 from .scaling import ChangeRefused, Changes
 from .startup import check_ports, check_state_file, planned_ports
-from .statefile import process_start, write_state
+from .statefile import process_start, read_state, write_state
 from .version import code_version
 
 log = logging.getLogger("archipel.supervisor")
@@ -137,6 +140,7 @@ class Supervisor:
         self.tls = TlsFiles.from_env(self._env)  # ARCHIPEL_TLS_*: every process serves HTTPS
         self._env.update(self.tls.env())  # absolute: a process may start in another folder
         self.peers_file = self.data_dir / "peers.json"
+        self.replicas_file = self.data_dir / "replicas.json"
         self.changes = Changes(self)  # rollouts and scaling, one at a time
         self._control_path = control_socket  # where `archipel rollout` and `archipel scale` connect
         self._control: asyncio.AbstractServer | None = None
@@ -267,7 +271,8 @@ class Supervisor:
         try:
             self._broker.lock_data_dir()
             await self._broker.start(timeout)
-            self._plan_children()
+            for gone in self._plan_children():
+                await self._broker.end_session(gone)  # a replica the plan no longer has
             await self._broker.restore_sessions()
             for child in self.children:
                 await self._launch(child)
@@ -296,25 +301,22 @@ class Supervisor:
             return await self.changes.scale(service, request["replicas"], progress)
         raise ChangeRefused(f"unknown command {command!r}: rollout SERVICE or scale SERVICE=N")
 
-    def _plan_children(self) -> None:
-        index = 0
-        ports: dict[tuple[str, int], int] = {}
+    def _plan_children(self) -> list[Child]:
+        """The replicas to start (``_deploy.replica_set``); returns previous ones to end."""
+        chosen, surplus = replica_set(
+            self.plans,
+            read_state(self.replicas_file) or {},
+            first_port=self._first_port,
+            pick_port=lambda: free_port(self.host),
+            shared=[p.name for p in self.plans if self.plan.serves_pages(p)],
+        )
+        peers = {
+            s: [self._url(port) for port in chosen[p.name].values()] for p in self.plans for s in p.services
+        }
         for process in self.plans:
-            for replica in range(process.replicas):
-                if replica and self.plan.serves_pages(process):  # the edge's replicas share its port
-                    ports[process.name, replica] = ports[process.name, 0]
-                    continue
-                ports[process.name, replica] = (
-                    free_port(self.host) if self._first_port == 0 else self._first_port + index
-                )
-                index += 1
-        peers: dict[str, list[str]] = {}
-        for process in self.plans:
-            for service in process.services:
-                peers[service] = [self._url(ports[process.name, r]) for r in range(process.replicas)]
-        for process in self.plans:
-            for replica in range(process.replicas):
-                self.children.append(self.new_child(process, replica, ports[process.name, replica], peers))
+            for replica, port in chosen[process.name].items():
+                self.children.append(self.new_child(process, replica, port, peers))
+        return [Child(name, [], {}, replica=index) for name, index in surplus]
 
     def _url(self, port: int) -> str:
         return f"{self.tls.scheme}://{self.host}:{port}"
@@ -365,8 +367,14 @@ class Supervisor:
         return peers
 
     def publish_peers(self) -> None:
-        """Rewrite the peers file: every process re-reads it within a probe interval."""
+        """Rewrite the peers file (every process re-reads it within a probe interval), and the
+        replicas file: which replica indices (MQTT sessions) the next start resumes."""
         write_state(self.peers_file, self.peers())
+        replicas: dict[str, list[int]] = {}
+        for child in self.children:
+            if not child.retired:
+                replicas.setdefault(child.name, []).append(child.replica)
+        write_state(self.replicas_file, replicas)
 
     async def _launch(self, child: Child) -> None:
         if child.services:  # a worker, not the broker: which code it runs is what is on disk now
@@ -472,6 +480,7 @@ class Supervisor:
         await terminate([child], self._grace)
         if self.mode == "microservices":
             await self._broker.end_session(child)
+        self.publish_peers()  # the next start no longer resumes its session
         log.info("retired %s", child.label)
         self._changed()
 

@@ -200,6 +200,16 @@ async def test_a_rollout_whose_new_code_does_not_start_keeps_the_old_replicas_se
         assert (still["pid"], still["health"]) == (old["pid"], "ready")
         peers = json.loads((data / "peers.json").read_text())
         assert peers["checkout"] == [old["url"]]
+
+        # Fixed, it rolls out; and the next start resumes the new replica's MQTT session.
+        (code / "checkout.py").write_text((code / "checkout.py").read_text().replace("def broken(:", ""))
+        await archipel(state, "rollout", "checkout")
+        (new,) = _checkout(json.loads(await archipel(state, "status", "--json")))
+        runner.send_signal(signal.SIGINT)
+        runner.communicate(timeout=60)
+        runner = _run(code, state, data)
+        (again,) = _checkout(wait_for_status(state, runner))
+        assert new["replica"] == again["replica"] != old["replica"]
     finally:
         runner.send_signal(signal.SIGINT)
         runner.communicate(timeout=60)
