@@ -223,22 +223,23 @@ def status(
 
 def _print_status(data: dict[str, Any]) -> None:
     table = Table(title=f"{data['deployment']} ({data['app']}) as {data['mode']}")
-    columns = ("process", "services", "pid", "health", "up", "restarts", "last exit", "version", "url")
-    for column in columns:
-        table.add_column(column)
+    for column in ("replica", "pid", "health", "up", "restarts", "exit", "version", "address"):
+        table.add_column(column, no_wrap=column in ("replica", "health", "version", "address"))
     for process in data["processes"]:
         uptime, last_exit = process["uptime"], process["last_exit_code"]
-        health = process.get("health") or ("ready" if process.get("ready") else "not ready")
+        label = process["name"] if not process["replica"] else f"{process['name']}#{process['replica']}"
+        if process["services"] != [process["name"]]:
+            label += f" ({', '.join(process['services'])})"
+        health = process.get("health") or ("ready" if process.get("ready") else "starting")
         table.add_row(
-            process["name"] if not process["replica"] else f"{process['name']}#{process['replica']}",
-            ", ".join(process["services"]),
+            label,
             str(process["pid"]) if process["alive"] else "-",
             health if process["alive"] else "down",
             "-" if uptime is None else f"{uptime:.0f}s",
             str(process["restarts"]),
             "-" if last_exit is None else str(last_exit),
-            process.get("version") or "-",
-            process["url"],
+            (process.get("version") or "-")[:7],
+            process["url"].split("://", 1)[-1],
         )
     console.print(table)
     if data["supervisor_stopped"]:
