@@ -16,14 +16,13 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .._errors import DefinitionError
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets, stored_secret
 from .generate import compose_files, docker_files, kubernetes_files, write_secrets
 from .generate.common import Output, check_supported, keeps_state
 from .generate.docker import BASE_IMAGE, LOCK, image_source, lock_text, pins
-from .generate.kubernetes import Names
-from .generate.secrets import BROKER_AUTH
 from .plan import DEFAULT_PORT, MODES, DeploymentPlan, settings_plan
 from .settings import Settings
 
@@ -32,8 +31,8 @@ deploy = typer.Typer(
     no_args_is_help=True,
     help="Write the files that deploy APP with Docker, Docker Compose or Kubernetes (docs/deploy.md).",
 )
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # commands stay on one line, to copy
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 AppArgument = Annotated[
     str | None,
@@ -63,7 +62,7 @@ class Job:
 
 
 def _fail(message: str) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")  # "[tls]" is no markup
     raise typer.Exit(2)
 
 
@@ -256,8 +255,10 @@ def secrets_command(
     except (DefinitionError, ValueError, OSError) as exc:
         _fail(str(exc))
     console.print(f"credentials of deployment {plan.deployment!r} ({plan.mode}) from the secret in {where}:")
-    names = Names(plan, "")
     for folder in folders:
-        secret = names.resource(BROKER_AUTH if folder.name == BROKER_AUTH else f"{folder.name}-keyring")
-        console.print(f"  {folder}  ->  kubectl create secret generic {secret} --from-file={folder}")
-    console.print("compose.yaml reads the same folders from its secrets/ folder; files are mode 0600")
+        console.print(f"  {folder}")
+    loop = (
+        f'for d in {out_dir}/*/; do kubectl create secret generic "$(basename "$d")" --from-file="$d"; done'
+    )
+    console.print(f"files are mode 0600. Kubernetes: {loop}")
+    console.print("Compose: compose.yaml reads them from the secrets/ folder beside it")

@@ -106,6 +106,26 @@ def app_source(app: App) -> tuple[Path, Path]:
     return path.parent, path
 
 
+def resource_name(plan: DeploymentPlan, name: str) -> str:
+    """``DEPLOYMENT-NAME`` as a DNS label: the Kubernetes name of a process's (or the broker's)
+    resources."""
+    return f"{plan.deployment}-{name}".replace("_", "-")
+
+
+def keyring_secret(plan: DeploymentPlan, process: str) -> str:
+    """The Secret (Kubernetes), or the folder of ``archipel deploy secrets``, with a process's
+    keyring (``keyring.json``)."""
+    return resource_name(plan, process) + "-keyring"
+
+
+def broker_secret(plan: DeploymentPlan) -> str:
+    """The Secret, or the folder, with the broker's ``passwords`` and ``acl`` files."""
+    return resource_name(plan, BROKER) + "-auth"
+
+
+KEYRING = "keyring.json"
+
+
 def keeps_state(plan: DeploymentPlan, process: ProcessPlan) -> bool:
     """Whether a process keeps something it must not lose across a restart: a service's own
     collections, an outbox (it emits events) or an inbox and an MQTT session (it handles some)."""

@@ -19,14 +19,17 @@ from ..plan import DeploymentPlan, ProcessPlan
 from .common import (
     BROKER,
     DATA_DIR,
+    KEYRING,
     MOSQUITTO_AUTH,
     MOSQUITTO_CONF,
     MOSQUITTO_IMAGE,
     MQTT_PORT,
     Output,
+    broker_secret,
     dump_yaml,
     external_broker,
     header,
+    keyring_secret,
     mosquitto_conf,
     readiness_check,
     references,
@@ -36,8 +39,6 @@ from .common import (
 
 COMPOSE_FILE = "compose.yaml"
 SECRETS = "secrets"  # the folder `archipel deploy secrets` writes into, beside compose.yaml
-KEYRING = "keyring.json"
-BROKER_AUTH = "broker-auth"  # the secrets' subfolder with the broker's passwords and acl
 BROKER_STOP = 30  # seconds: Mosquitto writes its database at SIGTERM
 
 
@@ -53,13 +54,14 @@ def compose_files(plan: DeploymentPlan, *, image: str, command: str, source: str
         services[BROKER] = _broker()
         volumes[f"{BROKER}-data"] = {}
         for name in ("passwords", "acl"):
-            secrets[f"{BROKER}-{name}"] = {"file": f"./{SECRETS}/{BROKER_AUTH}/{name}"}
+            secrets[f"{BROKER}-{name}"] = {"file": f"./{SECRETS}/{broker_secret(plan)}/{name}"}
     published = 8000
     for process in plan.processes:
         service, published = _process(plan, process, image, broker_url, own_broker, published)
         services[process.name] = service
         volumes[f"{process.name}-data"] = {}
-        secrets[f"{process.name}-keyring"] = {"file": f"./{SECRETS}/{process.name}/{KEYRING}"}
+        keyring = f"./{SECRETS}/{keyring_secret(plan, process.name)}/{KEYRING}"
+        secrets[f"{process.name}-keyring"] = {"file": keyring}
     document = {"name": f"{plan.deployment}-{plan.mode}", "services": services, "volumes": volumes}
     document["secrets"] = secrets
     edge = [name for name, service in services.items() if "ports" in service]

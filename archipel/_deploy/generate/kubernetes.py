@@ -29,6 +29,7 @@ from ..plan import DeploymentPlan, ProcessPlan
 from .common import (
     BROKER,
     DATA_DIR,
+    KEYRING,
     MOSQUITTO_AUTH,
     MOSQUITTO_CONF,
     MOSQUITTO_IMAGE,
@@ -37,19 +38,21 @@ from .common import (
     PRE_STOP,
     UID,
     Output,
+    broker_secret,
     dump_yaml,
     external_broker,
     header,
     keeps_state,
+    keyring_secret,
     mosquitto_conf,
     references,
+    resource_name,
     stop_seconds,
     worker_env,
 )
 from .network import broker_policy, process_policy
 
 KEYRING_DIR = "/etc/archipel/keyring"
-KEYRING_KEY = "keyring.json"
 STORE_KEY = "url"
 BROKER_STOP = 30  # seconds: Mosquitto writes its database at SIGTERM
 STORAGE = "1Gi"
@@ -75,7 +78,7 @@ class Names:
             seen[resource] = name
 
     def resource(self, name: str) -> str:
-        return f"{self.plan.deployment}-{name}".replace("_", "-")
+        return resource_name(self.plan, name)
 
     def selector(self, name: str) -> dict[str, str]:
         return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": self.plan.deployment}
@@ -124,9 +127,9 @@ def kubernetes_files(
         "resources": resources,
         "configMapGenerator": generators,
     }
-    secrets = [names.resource(p.name) + "-keyring" for p in plan.processes]
+    secrets = [keyring_secret(plan, p.name) for p in plan.processes]
     if own_broker:
-        secrets.append(names.resource(BROKER) + "-auth")
+        secrets.append(broker_secret(plan))
     intro = top + (
         f"# {plan.app.name} as {plan.mode}: kubectl apply -k <this folder>, once these Secrets exist\n"
         f"# (archipel deploy secrets, then kubectl create secret generic; see docs/deploy.md):\n"
@@ -156,9 +159,7 @@ def _process(names: Names, process: ProcessPlan, image: str) -> list[dict[str, A
     env: list[dict[str, Any]] = [
         {"name": "ARCHIPEL_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     ]
-    env += [
-        {"name": key, "value": value} for key, value in references(f"{KEYRING_DIR}/{KEYRING_KEY}").items()
-    ]
+    env += [{"name": key, "value": value} for key, value in references(f"{KEYRING_DIR}/{KEYRING}").items()]
     if stateful:
         store = {"name": f"{plan.deployment}-store", "key": STORE_KEY, "optional": True}
         env.append({"name": STORE_URL_VAR, "valueFrom": {"secretKeyRef": store}})
@@ -183,7 +184,10 @@ def _process(names: Names, process: ProcessPlan, image: str) -> list[dict[str, A
         ],
     }
     volumes: list[dict[str, Any]] = [
-        {"name": "keyring", "secret": {"secretName": resource + "-keyring", "defaultMode": 0o400}},
+        {
+            "name": "keyring",
+            "secret": {"secretName": keyring_secret(plan, process.name), "defaultMode": 0o400},
+        },
         {"name": "tmp", "emptyDir": {}},
     ]
     if not stateful:
@@ -312,7 +316,10 @@ def _broker(names: Names) -> list[dict[str, Any]]:
                     "containers": [container],
                     "volumes": [
                         {"name": "config", "configMap": {"name": resource + "-config"}},
-                        {"name": "auth", "secret": {"secretName": resource + "-auth", "defaultMode": 0o400}},
+                        {
+                            "name": "auth",
+                            "secret": {"secretName": broker_secret(names.plan), "defaultMode": 0o400},
+                        },
                     ],
                 },
             },

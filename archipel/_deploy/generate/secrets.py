@@ -1,13 +1,15 @@
 """``archipel deploy secrets``: the files the generated deployments take their credentials from.
 
-From the deployment's secret, into one folder (directories 0700, files 0600)::
+From the deployment's secret, into one folder (directories 0700, files 0600), one subfolder per
+Kubernetes Secret, named as the manifests reference it::
 
-    PROCESS/keyring.json       each process's keyring: its edges' keys, its broker login
-    broker-auth/passwords      the broker's logins, hashed (microservices only)
-    broker-auth/acl            what each login may publish and read
+    DEPLOYMENT-PROCESS-keyring/keyring.json   a process's keyring: its edges' keys, its broker login
+    DEPLOYMENT-broker-auth/passwords          the broker's logins, hashed (microservices only)
+    DEPLOYMENT-broker-auth/acl                what each login may publish and read
 
-Each subfolder is one Kubernetes Secret (``kubectl create secret generic NAME --from-file=DIR``)
-or the Compose secrets that ``compose.yaml`` names. The secret itself is written nowhere.
+So ``kubectl create secret generic "$(basename DIR)" --from-file=DIR`` for each subfolder, or
+Compose's ``secrets:`` (``compose.yaml`` names the same files). The secret itself is written
+nowhere.
 """
 
 from __future__ import annotations
@@ -18,30 +20,23 @@ from pathlib import Path
 
 import msgspec
 
-from ..._errors import DefinitionError
 from ..._security.keyring import keyring_for
 from ..acl import _write_private, broker_auth_files
 from ..plan import DeploymentPlan
-
-KEYRING = "keyring.json"
-BROKER_AUTH = "broker-auth"
+from .common import KEYRING, broker_secret, keyring_secret
 
 
 def write_secrets(plan: DeploymentPlan, secrets: Sequence[bytes], out: Path) -> list[Path]:
     """Write the credential files of ``plan`` into ``out``; return the folders written."""
-    if BROKER_AUTH in plan.process_names:
-        raise DefinitionError(
-            f"a process named {BROKER_AUTH!r} would clash with the broker's files; rename it"
-        )
     _private_dir(out)
     folders = []
     for process in plan.processes:
-        folder = _private_dir(out / process.name)
+        folder = _private_dir(out / keyring_secret(plan, process.name))
         keyring = keyring_for(plan.app, plan.deployment, process.name, process.services, list(secrets))
         _write_private(folder / KEYRING, msgspec.json.encode(keyring).decode())
         folders.append(folder)
     if plan.uses_broker:
-        folder = _private_dir(out / BROKER_AUTH)
+        folder = _private_dir(out / broker_secret(plan))
         processes = {process.name: process.services for process in plan.processes}
         broker_auth_files(plan.app, plan.deployment, processes, secrets[0], folder)
         folders.append(folder)
