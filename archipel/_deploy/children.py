@@ -59,9 +59,10 @@ class Child:
         return f"{self.name}-{self.replica}"
 
     @property
-    def in_rotation(self) -> bool:
-        """Whether callers should send it calls: running, ready, and not on its way out."""
-        return self.running and self.ready and not self.leaving and not self.retired
+    def listed(self) -> bool:
+        """Whether callers should know it: not on its way out. A replica that crashed and is
+        being restarted stays listed; callers' probes keep it out of the rotation meanwhile."""
+        return not self.leaving and not self.retired
 
     @property
     def pid(self) -> int | None:

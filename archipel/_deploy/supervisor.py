@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -53,7 +54,7 @@ from .replica_set import replica_set
 from .scaling import ChangeRefused, Changes
 from .startup import check_ports, check_state_file, planned_ports
 from .statefile import process_start, read_state, write_state
-from .version import code_version
+from .version import SHAPE_VAR, app_shape, code_version
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -346,7 +347,12 @@ class Supervisor:
             drain_delay=EDGE_DRAIN_DELAY if edge else 0.0,
         )
         keyring = self.credentials.keyring(process.name, process.services)
-        env = {**self._env, **worker_environment(spec), KEYRING_VAR: msgspec.json.encode(keyring).decode()}
+        env = {
+            **self._env,
+            **worker_environment(spec),
+            KEYRING_VAR: msgspec.json.encode(keyring).decode(),
+            SHAPE_VAR: json.dumps(app_shape(self.app)),  # what the keyrings and broker rules fit
+        }
         return Child(
             process.name,
             [sys.executable, "-m", "archipel.worker"],
@@ -357,12 +363,12 @@ class Supervisor:
         )
 
     def peers(self) -> dict[str, list[str]]:
-        """Each service's replicas that take calls now (all planned ones before the first start)."""
+        """Each service's replicas, but those on their way out (scale-down, rollout)."""
         peers: dict[str, list[str]] = {}
         for child in self.children:
             for service in child.services:
                 urls = peers.setdefault(service, [])
-                if child.in_rotation:
+                if child.listed:
                     urls.append(child.url)
         return peers
 
@@ -409,7 +415,6 @@ class Supervisor:
             if self._stopping or child.retired:
                 return
             child.last_exit, child.ready = code, False
-            self.publish_peers()  # callers stop choosing it now, not at their next probe
             if not self._restart:
                 log.warning("%s exited with code %s", child.label, code)
                 self._changed()
@@ -430,7 +435,6 @@ class Supervisor:
             self._changed()
             with contextlib.suppress(StartupError):  # it died again: the loop restarts it
                 await self.wait_ready(child, 60.0)
-                self.publish_peers()
                 self._broker.save()
                 self._changed()
 

@@ -11,6 +11,7 @@ supervisor's grace (``Supervisor(grace=...)``, three times ``drain``) covers bot
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from .._security.tls import TlsError, TlsFiles
 from .._security.tokens import Signer, Verifier
 from .environment import BadEnvironment, WorkerSpec, worker_spec
 from .hygiene import exit_with_parent, set_parent_death_signal
+from .version import SHAPE_VAR, app_shape, shape_changes
 
 
 class InsecureConfiguration(DefinitionError):
@@ -159,6 +161,7 @@ def main() -> None:
             _follow_supervisor(spec.supervisor_pid)
         app = load_app(spec.app)
         app.validate()
+        _check_shape(app)
         tls = TlsFiles.from_env()
         server = build_server(app, spec, tls=tls)
         # Read once: the services' code, and what it may spawn, need not see the keys.
@@ -202,6 +205,19 @@ class DrainingServer(uvicorn.Server):
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self.should_exit = True
         return bool(await super().on_tick(counter))
+
+
+def _check_shape(app: App) -> None:
+    """Refuse to start code whose calls or events differ from what the deployment's credentials
+    and broker rules were made for (the local supervisor sets ``ARCHIPEL_SHAPE``): it would start,
+    then fail its calls with 401 or lose its events to the broker's ACL."""
+    expected = os.environ.get(SHAPE_VAR)
+    changes = shape_changes(json.loads(expected), app_shape(app)) if expected else []
+    if changes:
+        raise DefinitionError(
+            "the code on disk changes the app's shape, which a rollout cannot apply "
+            f"({'; '.join(changes)}): restart `archipel run` to deploy it"
+        )
 
 
 def shared_socket(host: str, port: int) -> socket.socket:

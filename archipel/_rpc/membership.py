@@ -4,7 +4,8 @@ Three sources, from slow to fast:
 
 - the addresses it was started with (``ARCHIPEL_PEERS``), or a peers file (``ARCHIPEL_PEERS_FILE``)
   that the local supervisor rewrites when replicas are added, replaced or removed; the file is
-  checked for changes at every probe round;
+  checked for changes at every probe round, and a replica it adds joins the rotation at its
+  first good probe;
 - a probe of every known replica's ``/readyz`` each ``interval``: a replica that does not answer
   200 within the interval (down, draining, starting, or cut off the network) leaves the rotation,
   and joins it again at its first good answer;
@@ -72,9 +73,12 @@ class Membership:
         """Take ``peers`` (service -> base URLs) as the whole list of known replicas."""
         known = {name: [url.rstrip("/") for url in urls] for name, urls in peers.items() if urls}
         if known != self._known:
+            before = self._all()
             self._known = known
             urls = self._all()
             self._down &= urls
+            if self._task is not None:  # a new replica joins the rotation at its first good probe
+                self._down |= urls - before
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._task is None and self._interval > 0 and (self._known or self._peers_file):

@@ -201,8 +201,25 @@ async def test_a_rollout_whose_new_code_does_not_start_keeps_the_old_replicas_se
         peers = json.loads((data / "peers.json").read_text())
         assert peers["checkout"] == [old["url"]]
 
+        # New code that calls a service checkout never called needs new credentials: refused.
+        fixed = (code / "checkout.py").read_text().replace("def broken(:", "")
+        assert "from . import money\n" in fixed
+        calling_ads = fixed.replace("    cart: Cart\n", "    cart: Cart\n    ads: Ads\n", 1)
+        money = "from . import money\n"
+        calling_ads = calling_ads.replace(money, money + "from .ads import Ads\n")
+        (code / "checkout.py").write_text(calling_ads)
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "archipel", "rollout", "checkout", "--state-dir", str(state)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        output = " ".join((await asyncio.wait_for(process.communicate(), 120))[0].decode().split())
+        assert process.returncode == 1 and "checkout now calls ads" in output, output
+        assert "restart `archipel run`" in output, output
+
         # Fixed, it rolls out; and the next start resumes the new replica's MQTT session.
-        (code / "checkout.py").write_text((code / "checkout.py").read_text().replace("def broken(:", ""))
+        (code / "checkout.py").write_text(fixed)
         await archipel(state, "rollout", "checkout")
         (new,) = _checkout(json.loads(await archipel(state, "status", "--json")))
         runner.send_signal(signal.SIGINT)
