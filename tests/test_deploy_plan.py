@@ -249,16 +249,24 @@ class Replica:
 
     def __init__(self) -> None:
         self.ready = True
+        self.thawed = asyncio.Event()
+        self.thawed.set()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         async def readyz(_: web.Request) -> web.Response:
+            await self.thawed.wait()  # a frozen process answers nothing
             return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+
+        async def convert(_: web.Request) -> web.Response:
+            await self.thawed.wait()
+            return web.json_response({"currency": "USD", "units": 2, "nanos": 0})
 
         app = web.Application()
         app.router.add_get("/readyz", readyz)
+        app.router.add_post("/currency/convert", convert)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -326,6 +334,35 @@ async def test_a_refused_connection_takes_the_replica_out_at_once() -> None:
     finally:
         await transport.close()
         await live.stop()
+
+
+async def test_calls_waiting_on_a_replica_that_stops_answering_its_probes_move_on() -> None:
+    """A frozen replica (or a host cut off) holds the calls sent to it; once it fails two probes
+    while another replica is healthy, they fail with Unavailable, long before their deadline, so
+    the retry policy can send an idempotent one elsewhere."""
+    from tests.apps.shop import Currency, Money
+
+    frozen, healthy = Replica(), Replica()
+    await frozen.start()
+    await healthy.start()
+    membership = Membership({"currency": [frozen.url, healthy.url]}, interval=0.2)
+    transport = HttpTransport({"currency": [frozen.url, healthy.url]}, membership=membership)
+    await transport.start()
+    proxy = transport.proxy(load_app(SHOP).spec_of(Currency))
+    try:
+        for _ in range(2):  # round-robin: one call each; the next goes to the first, then frozen
+            assert await proxy.convert(Money("EUR", 1), "USD") == Money("USD", 2)
+        frozen.thawed.clear()
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="stopped answering its health probes"):
+            await proxy.convert(Money("EUR", 1), "USD")
+        assert time.monotonic() - started < 2.0  # two probes of 0.2 s, not the 30 s timeout
+        assert await proxy.convert(Money("EUR", 1), "USD") == Money("USD", 2)  # the healthy one
+    finally:
+        frozen.thawed.set()
+        await transport.close()
+        await frozen.stop()
+        await healthy.stop()
 
 
 # -- the control channel ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ that expose exactly a service's ``@rpc`` methods with the same signatures.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import time
@@ -67,6 +68,8 @@ class HttpTransport:
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.membership = membership or Membership(urls, interval=0)  # 0: a fixed list, no probes
+        self.membership.on_unresponsive(self._give_up_on)
+        self._waiting: dict[str, set[asyncio.Timeout]] = collections.defaultdict(set)  # calls in flight
         self._turns: dict[str, Iterator[int]] = collections.defaultdict(itertools.count)
         self._connect_timeout = connect_timeout
         self._timeout = timeout
@@ -156,23 +159,31 @@ class HttpTransport:
                 headers["authorization"] = credential
         body = msgspec.json.encode(invocation.arguments)
         url = base + path
+        waiting = self._waiting[base]
+        guard = asyncio.timeout(None)  # fired by _give_up_on when the replica stops answering probes
         try:
-            async with self._session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
-            ) as response:
-                payload = await response.read()
-                status = response.status
+            async with guard:
+                waiting.add(guard)
+                async with self._session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
+                ) as response:
+                    payload = await response.read()
+                    status = response.status
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # No connection: the request was never sent, and this replica leaves the rotation.
             self.membership.mark_down(base)
             raise Unavailable(f"{spec.qualname}: cannot connect to {base}: {exc}", never_sent=True) from exc
         except TimeoutError:
+            if guard.expired():
+                raise Unavailable(f"{spec.qualname}: {base} stopped answering its health probes") from None
             raise DeadlineExceeded(f"{spec.qualname} did not answer within {timeout:.3g}s") from None
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{spec.qualname}: {base} failed: {exc}") from exc
+        finally:
+            waiting.discard(guard)
         if status == 200:
             try:
                 return decoder.decode(payload)
@@ -185,6 +196,13 @@ class HttpTransport:
                     http_status=502,
                 ) from exc
         raise _remote_error(spec, status, payload)
+
+    def _give_up_on(self, base: str) -> None:
+        """Stop waiting for the calls in flight to ``base``: each fails with Unavailable, which
+        the retry policy retries on another replica when the method is idempotent."""
+        now = asyncio.get_running_loop().time()
+        for guard in list(self._waiting.get(base, ())):
+            guard.reschedule(now)
 
     def _next_replica(self, service: str, avoid: Sequence[str] = ()) -> str:
         replicas = self.membership.healthy(service)

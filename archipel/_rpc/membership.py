@@ -11,6 +11,11 @@ Three sources, from slow to fast:
   and joins it again at its first good answer;
 - a failed connection, which takes the replica out at once, without waiting for the next probe.
 
+A replica that fails two probes in a row while another one can take its calls is unresponsive
+(cut off the network, or frozen): the calls waiting on it are given up on at once
+(:meth:`Membership.on_unresponsive`), so an idempotent one is retried elsewhere within its
+deadline instead of spending all of it there.
+
 When every replica of a service is out, calls go to all of them anyway: failing fast there is the
 breaker's job, not this module's, and a stale verdict must never make a healthy service unreachable.
 """
@@ -22,11 +27,14 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 
 log = logging.getLogger("archipel.membership")
+# Failed probes in a row (one per interval, each allowed the whole interval) before the calls in
+# flight to a replica are given up on; one slow probe on a busy machine is not enough.
+UNRESPONSIVE_AFTER = 2
 
 
 class Membership:
@@ -45,6 +53,8 @@ class Membership:
         self._file_stamp: tuple[int, int] | None = None
         self._interval = interval
         self._down: set[str] = set()  # base URLs out of the rotation
+        self._failures: dict[str, int] = {}  # failed probes in a row, per base URL
+        self._unresponsive: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._read_file()
 
@@ -80,6 +90,18 @@ class Membership:
             if self._task is not None:  # a new replica joins the rotation at its first good probe
                 self._down |= urls - before
 
+    def on_unresponsive(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(url)`` when a replica has failed UNRESPONSIVE_AFTER probes in a row
+        while another replica of one of its services is in rotation: its callers should give up
+        waiting on it (a host cut off the network, a frozen process) and try elsewhere."""
+        self._unresponsive.append(listener)
+
+    def _has_alternative(self, url: str) -> bool:
+        return any(
+            url in urls and any(other != url and other not in self._down for other in urls)
+            for urls in self._known.values()
+        )
+
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._task is None and self._interval > 0 and (self._known or self._peers_file):
             self._task = asyncio.create_task(self._probe_forever(session))
@@ -101,12 +123,17 @@ class Membership:
             urls = sorted(self._all())
             verdicts = await asyncio.gather(*(self._probe(session, url) for url in urls))
             for url, ready in zip(urls, verdicts, strict=True):
+                self._failures[url] = 0 if ready else self._failures.get(url, 0) + 1
                 if ready and url in self._down:
                     self._down.discard(url)
                     log.info("replica %s is back in rotation", url)
                 elif not ready and url not in self._down:
                     self._down.add(url)
                     log.info("replica %s is out of rotation: not ready", url)
+                if self._failures[url] == UNRESPONSIVE_AFTER and self._has_alternative(url):
+                    log.warning("replica %s fails its probes: calls waiting on it move on", url)
+                    for listener in self._unresponsive:
+                        listener(url)
             await asyncio.sleep(max(0.0, self._interval - (loop.time() - started)))
 
     async def _probe(self, session: aiohttp.ClientSession, url: str) -> bool:
