@@ -230,3 +230,13 @@ async def test_a_rollout_whose_new_code_does_not_start_keeps_the_old_replicas_se
     finally:
         runner.send_signal(signal.SIGINT)
         runner.communicate(timeout=60)
+
+
+def test_the_commands_docs_deploy_shows_are_the_ones_this_module_runs() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text[text.index("## Local cluster: rolling updates and scaling") :]
+    block = section.split("```shell\n", 1)[1].split("```", 1)[0]
+    shown = [line.split()[1:] for line in block.splitlines()]
+    run = [["status"], ["rollout", "checkout"], ["scale", "checkout=3"], ["scale", "checkout=1"]]
+    run.append(["rollout", "frontend"])
+    assert sorted(shown) == sorted(run)
