@@ -62,6 +62,7 @@ def test_a_worker_of_the_plan_gets_its_peers_but_not_itself() -> None:
     checkout = plan.process("checkout")
     spec = plan.worker(checkout, peers=peers, broker_url="mqtt://broker:1883", instance="c-1")
     assert "checkout" not in spec.peers and spec.peers["payment"] == ["http://payment:8000"]
+    assert set(spec.peers) == {"cart", "catalog", "currency", "payment", "shipping"}  # whom it calls
     assert (spec.deployment, spec.drain, spec.broker, spec.instance) == (
         "shop-eu",
         2.0,
@@ -308,7 +309,7 @@ async def test_probes_take_a_replica_out_while_not_ready_and_back_when_ready() -
 async def test_the_peers_file_replaces_the_peers_and_a_bad_one_is_ignored(tmp_path: Path) -> None:
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps({"cart": ["http://a:1"], "checkout": ["http://self:2"]}))
-    membership = Membership({"cart": ["http://old:1"]}, peers_file=str(peers), local=["checkout"])
+    membership = Membership({"cart": ["http://old:1"]}, peers_file=str(peers), only=["cart"])
     assert membership.endpoints("cart") == ["http://a:1"] and membership.endpoints("checkout") == []
     peers.write_text('{"cart": "http://not-a-list"}')
     membership._read_file()

@@ -111,6 +111,11 @@ class DeploymentPlan:
         names = {self.process_of(caller).name for s in process.services for caller in self.app.callers_of(s)}
         return sorted(names - {process.name})
 
+    def called_by(self, process: ProcessPlan) -> set[str]:
+        """The services of other processes that ``process``'s services call: the peers it needs
+        to know, and probe, and no others."""
+        return called_services(self.app, process.services)
+
     def serves_pages(self, process: ProcessPlan) -> bool:
         """Whether ``process`` hosts a service with its own web routes (an edge of the system)."""
         return any(self.app.specs[s].cls.asgi_app is not Service.asgi_app for s in process.services)
@@ -139,7 +144,7 @@ class DeploymentPlan:
             name=process.name,
             services=list(process.services),
             broker=broker_url if self.uses_broker else None,
-            peers={s: list(u) for s, u in peers.items() if s not in process.services},
+            peers={s: list(u) for s, u in peers.items() if s in self.called_by(process)},
             policies=dict(self.policies),
             deployment=self.deployment,
             drain=self.drain,
@@ -214,3 +219,12 @@ def settings_plan(
     }
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     return deployment_plan(app_ref, app, mode=chosen, **arguments)
+
+
+def called_services(app: App, services: Sequence[str]) -> set[str]:
+    """The services that ``services`` call (their dependencies, optional ones included), but
+    themselves."""
+    called = {
+        dependency.__service_name__ for s in services for dependency in app.specs[s].dependencies.values()
+    }
+    return called - set(services)

@@ -39,6 +39,7 @@ from .._security.tls import TlsError, TlsFiles
 from .._security.tokens import Signer, Verifier
 from .environment import BadEnvironment, WorkerSpec, worker_spec
 from .hygiene import exit_with_parent, set_parent_death_signal
+from .plan import called_services
 from .version import SHAPE_VAR, app_shape, shape_changes
 
 
@@ -83,8 +84,12 @@ def build_server(
             password=login.mqtt_password if login is not None else None,
             tls=mqtt_context(spec.broker, tls),
         )
+    called = called_services(app, spec.services)  # whatever the peers list: probe only these
     membership = Membership(
-        spec.peers, peers_file=spec.peers_file, interval=spec.probe_interval, local=spec.services
+        {s: urls for s, urls in spec.peers.items() if s in called},
+        peers_file=spec.peers_file,
+        interval=spec.probe_interval,
+        only=called,
     )
     transport = HttpTransport(
         spec.peers,

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import aiohttp
 
@@ -44,12 +44,12 @@ class Membership:
         *,
         peers_file: str = "",
         interval: float = 1.0,
-        local: Sequence[str] = (),
+        only: Collection[str] | None = None,
     ) -> None:
-        """``local``: the services of this process, which the peers file lists too."""
+        """``only``: the services this process calls; the peers file lists every service."""
         self._known: dict[str, list[str]] = {name: list(urls) for name, urls in peers.items() if urls}
         self._peers_file = peers_file
-        self._local = set(local)
+        self._only = None if only is None else set(only)
         self._file_stamp: tuple[int, int] | None = None
         self._interval = interval
         self._down: set[str] = set()  # base URLs out of the rotation
@@ -173,4 +173,4 @@ class Membership:
         ):
             log.warning("peers file %s is not {service: [url, ...]}: ignored", self._peers_file)
             return
-        self.replace({name: urls for name, urls in data.items() if name not in self._local})
+        self.replace({name: urls for name, urls in data.items() if self._only is None or name in self._only})
