@@ -14,6 +14,7 @@ from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._deploy.auth_commands import broker_files
@@ -49,7 +50,7 @@ StateDir = Annotated[Path, typer.Option(help="Where the running deployment keeps
 
 
 def _fail(message: str, code: int = 2) -> None:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")  # a message may hold [brackets]
     raise typer.Exit(code)
 
 

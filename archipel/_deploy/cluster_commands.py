@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .control import ControlError, request
 
@@ -37,15 +38,19 @@ def scale(
     """Add or remove replicas of SERVICE's process until it has N; removed ones drain first."""
     service, equals, count = target.partition("=")
     if not equals or not service or not count.strip().isdigit():
-        errors.print(f"[bold red]error:[/] {target!r} is not SERVICE=N (e.g. checkout=3)")
+        errors.print(f"[bold red]error:[/] {escape(repr(target))} is not SERVICE=N (e.g. checkout=3)")
         raise typer.Exit(2)
     result = _send(state_dir, {"command": "scale", "service": service.strip(), "replicas": int(count)})
     console.print(f"[green]done:[/] {result['process']} has {result['replicas']} replica(s)")
 
 
+def _progress(text: str) -> None:
+    console.print(escape(text))
+
+
 def _send(state_dir: Path, message: dict[str, Any]) -> Any:
     try:
-        return asyncio.run(request(state_dir / CONTROL_SOCKET, message, lambda text: console.print(text)))
+        return asyncio.run(request(state_dir / CONTROL_SOCKET, message, _progress))
     except ControlError as exc:
-        errors.print(f"[bold red]error:[/] {exc}")
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
