@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
             ["--calls", "50", "--concurrency", "2", "--per-caller", "20", "--rounds", "1"],
             "authentication: throughput",
         ),
+        ("membership.py", ["--seconds", "1", "--rounds", "1"], "probes cost"),
     ],
 )
 def test_a_benchmark_runs_and_reports(script: str, arguments: list[str], expected: str) -> None:
