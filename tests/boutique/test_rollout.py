@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from boutique.checkout import new_order_id
 from boutique.email import SentMail
+from boutique.types import Order
 
 from tests.boutique.buyer import checkout_form
 from tests.boutique.test_chaos import _stored, until
@@ -145,12 +146,21 @@ async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_req
         assert len(scaled) == 3 and all(p["health"] == "ready" for p in scaled)
         assert edge["url"] == frontend["url"] == storefront and edge["pid"] != frontend["pid"]
 
-        async def mailed() -> Counter[str]:
+        # Every event reached its handlers once, those of the replaced checkout replicas included:
+        # OrderPlaced (mailed, shipped), then OrderShipped (mailed, and the order marked shipped).
+        async def mailed() -> Counter[tuple[str, str]]:
             sent = await _stored(data, "email", "mail_by_order", SentMail)
-            return Counter(m.order_id for m in sent if m.kind == "confirmation")
+            return Counter((m.order_id, m.kind) for m in sent)
 
-        confirmed = await until(mailed, lambda found: all(found[o] for o in load.orders), 60)
-        assert all(confirmed[o] == 1 for o in load.orders)
+        kinds = ("confirmation", "shipped")
+        sent = await until(mailed, lambda found: all(found[o, k] for o in load.orders for k in kinds), 60)
+        assert all(sent[o, k] == 1 for o in load.orders for k in kinds)
+
+        async def shipped() -> set[str]:
+            orders = await _stored(data, "checkout", "orders", Order)
+            return {order.order_id for order in orders if order.status == "shipped"}
+
+        await until(shipped, lambda done: done >= set(load.orders), 60)
     finally:
         runner.send_signal(signal.SIGINT)
         runner.communicate(timeout=60)
