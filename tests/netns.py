@@ -27,6 +27,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from archipel._deploy.statefile import pid_alive
+
 NAMESPACE_PREFIX = "archipel-mh"  # archipel-mh-{pid}-{host}
 LINK_PREFIX = "amh"  # amh{pid}: the bridge; amh{pid}{host}: a veth's bridge side (15 characters at most)
 _NAMESPACE = re.compile(rf"^{NAMESPACE_PREFIX}-(\d+)-\w+$")
@@ -53,17 +55,6 @@ def ip(*args: str, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise subprocess.CalledProcessError(result.returncode, ["ip", *args], result.stdout, result.stderr)
     return result.stdout
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (names made by a run carry its pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)

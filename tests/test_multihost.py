@@ -66,6 +66,7 @@ from archipel._deploy.environment import worker_environment
 from archipel._deploy.hygiene import die_with_parent
 from archipel._deploy.mosquitto import find_mosquitto, mosquitto_command, write_config
 from archipel._deploy.plan import DEFAULT_PORT, DeploymentPlan, ProcessPlan, deployment_plan
+from archipel._deploy.statefile import pid_alive
 from archipel._events.bus import Envelope
 from archipel._events.mqtt import MqttBus
 from archipel._loader import load_app
@@ -75,7 +76,7 @@ from archipel._security.keyring import KEYRING_VAR, OPERATOR, keyring_for
 from archipel._security.secrets import SECRET_VAR, mqtt_password, new_secret
 from archipel._security.tokens import Signer, operator_headers
 from archipel._state import CollectionField
-from tests.netns import Host, NetnsUnavailable, Network, TcpRelay, pid_alive
+from tests.netns import Host, NetnsUnavailable, Network, TcpRelay
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_REF = f"{ROOT / 'examples' / 'boutique' / 'boutique' / 'app.py'}:app"

@@ -60,6 +60,11 @@ class Job:
     source: str  # how the headers name the settings
     arguments: str  # APP and --config as given, for the regenerate line
 
+    def command(self, target: str, image: str | None, *, with_mode: bool = True) -> str:
+        """The command that writes these files again (their headers quote it)."""
+        mode = f" --mode {self.plan.mode}" if with_mode else ""
+        return f"archipel deploy {target}{self.arguments}{mode}" + (f" --image {image}" if image else "")
+
 
 def _fail(message: str) -> NoReturn:
     errors.print(f"[bold red]error:[/] {escape(message)}")  # "[tls]" is no markup
@@ -160,7 +165,7 @@ def docker(
             job.plan,
             lock=lock,
             image=image or _image(job.plan.deployment),
-            command=f"archipel deploy docker{job.arguments}" + (f" --image {image}" if image else ""),
+            command=job.command("docker", image, with_mode=False),
             source=job.source,
             settings_dir=job.folder,
             default_out=job.folder / "deploy" / "docker",
@@ -182,9 +187,7 @@ def compose(
     """compose.yaml: APP's processes (and its broker) on one host with Docker Compose."""
     job = _job(app, config, mode, image)
     plan = job.plan
-    command = f"archipel deploy compose{job.arguments} --mode {plan.mode}" + (
-        f" --image {image}" if image else ""
-    )
+    command = job.command("compose", image)
     outputs = compose_files(plan, image=image or _image(plan.deployment), command=command, source=job.source)
     _write(outputs, out or job.folder / "deploy" / "compose" / plan.mode)
 
@@ -200,9 +203,7 @@ def kubernetes(
     """A kustomize base: APP's processes (and its broker) on Kubernetes (kubectl apply -k)."""
     job = _job(app, config, mode, image)
     plan = job.plan
-    command = f"archipel deploy kubernetes{job.arguments} --mode {plan.mode}" + (
-        f" --image {image}" if image else ""
-    )
+    command = job.command("kubernetes", image)
     try:
         outputs = kubernetes_files(
             plan,
