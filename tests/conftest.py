@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 T = TypeVar("T")
 
 
@@ -17,3 +19,23 @@ async def eventually(
         while (value := await probe()) is None:
             await asyncio.sleep(every)
         return value
+
+
+MEASURED = "measured"  # a user property: one line of numbers a test reports, shown after the run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the lines tests recorded with ``request.node.user_properties.append(("measured",
+    text))``: the numbers CI logs must show (failover time, failed requests), passed or not."""
+    lines = [
+        f"{report.nodeid.split('::')[-1]}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == MEASURED
+    ]
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.line(line)

@@ -76,6 +76,7 @@ from archipel._security.keyring import KEYRING_VAR, OPERATOR, keyring_for
 from archipel._security.secrets import SECRET_VAR, mqtt_password, new_secret
 from archipel._security.tokens import Signer, operator_headers
 from archipel._state import CollectionField
+from tests.conftest import MEASURED
 from tests.netns import Host, NetnsUnavailable, Network, TcpRelay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -795,6 +796,8 @@ async def cut_off_and_back(
             network.restore(c)  # C's workers then stop cleanly
         relay.stop()
         request.node.user_properties.extend(report.items())  # in --junitxml's report
+        keys = ("failover_s", "failed_checkouts_during_failover", "orders_accepted", "orders_delivered")
+        request.node.user_properties.append((MEASURED, ", ".join(f"{k} {report.get(k)}" for k in keys)))
         print("multihost results:\n" + "\n".join(f"  {key}: {value}" for key, value in report.items()))
 
     undelivered = accepted - done

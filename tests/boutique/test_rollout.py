@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from boutique.checkout import new_order_id
 from boutique.email import SentMail
 from boutique.types import Order
 
 from tests.boutique.buyer import checkout_form
 from tests.boutique.test_chaos import _stored, until
+from tests.conftest import MEASURED
 from tests.test_cli import ROOT, wait_for_status
 
 BUYERS = 4
@@ -96,7 +98,9 @@ def _checkout(status: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in status["processes"] if p["name"] == "checkout"]
 
 
-async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_request(tmp_path: Path) -> None:
+async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_request(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     code = tmp_path / "boutique"
     shutil.copytree(ROOT / "examples" / "boutique" / "boutique", code)  # a copy: the test edits it
     state, data = tmp_path / "state", tmp_path / "data"
@@ -134,11 +138,13 @@ async def test_rollout_and_scaling_of_checkout_under_storefront_load_fail_no_req
         load.stop.set()
         await asyncio.wait_for(asyncio.gather(*buyers), 30)
 
-        print(
-            f"\nrollout of checkout under load: {rollout_seconds:.1f}s, {orders_during} orders during it; "
+        measured = (
+            f"rollout of checkout under load: {rollout_seconds:.1f}s, {orders_during} orders during it; "
             f"whole run: {load.requests} requests, {len(load.orders)} orders, "
             f"{len(load.failures)} failed requests"
         )
+        print("\n" + measured)
+        request.node.user_properties.append((MEASURED, measured))
         assert load.failures == [], load.failures[:5]
         assert "rolled out" in log
         assert new["pid"] != old["pid"] and new["version"] != old["version"], (old, new)
