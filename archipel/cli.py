@@ -10,26 +10,23 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ._deploy.auth_commands import broker_files
 from ._deploy.cluster_commands import CONTROL_SOCKET, rollout, scale
 from ._deploy.deploy_commands import deploy
+from ._deploy.loading import command_app, command_settings, fail
 from ._deploy.operator import broker_login, call, token
-from ._deploy.plan import MODES, Mode, settings_plan
-from ._deploy.settings import ConfigError, Settings, find_settings, load_settings
+from ._deploy.plan import MODES, settings_plan
 from ._deploy.statefile import is_stopped, pid_alive, read_state
 from ._deploy.supervisor import StartupError, Supervisor
 from ._errors import DefinitionError
 from ._events.commands import events
-from ._loader import AppNotFound, load_app
 from ._model import Service
-from ._resilience.policies import Policies
 from ._rpc.openapi import openapi_document
 from ._security.tls import TlsFiles
 
@@ -49,31 +46,9 @@ STATE_FILE = "state.json"
 StateDir = Annotated[Path, typer.Option(help="Where the running deployment keeps its state.")]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    errors.print(f"[bold red]error:[/] {escape(message)}")  # a message may hold [brackets]
-    raise typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config) if config else find_settings()
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise
-
-
-def _load(reference: str | None, settings: Settings) -> tuple[str, Any]:
-    reference = reference or settings.app
-    if not reference:
-        _fail("no app given: pass APP (module:attribute or file.py) or set app in archipel.toml")
-    assert reference is not None
-    try:
-        app = load_app(reference)
-        app.validate()
-        Policies.from_config(settings.policies, app, source=settings.source or "")  # names a bad key
-    except (AppNotFound, DefinitionError) as exc:
-        _fail(str(exc))
-    return reference, app
+_fail = fail
+_settings = command_settings
+_load = command_app
 
 
 @cli.command()
@@ -108,7 +83,7 @@ def run(
             reference,
             the_app,
             settings,
-            mode=cast(Mode, chosen_mode),
+            mode=chosen_mode,
             broker=broker,
             deployment=deployment,
             port=port,

@@ -9,18 +9,16 @@ the app, the placement or the secret, then have Mosquitto reload (SIGHUP).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from .._app import App
 from .._errors import DefinitionError
-from .._loader import AppNotFound, load_app
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
 from .acl import broker_auth_files
+from .loading import command_app, command_settings, fail
 from .plan import plan
-from .settings import ConfigError, Settings, find_settings, load_settings
 
 broker_files = typer.Typer(add_completion=False, help="Broker logins and access rules.")
 console = Console(highlight=False)
@@ -40,37 +38,13 @@ acl_file {acl}
 """
 
 
-def _fail(message: str) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config) if config else find_settings()
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-def _load(reference: str | None, settings: Settings) -> App:
-    reference = reference or settings.app
-    if not reference:
-        _fail("no app given: pass APP (module:attribute or file.py) or set app in archipel.toml")
-    try:
-        app = load_app(reference)
-        app.validate()
-    except (AppNotFound, DefinitionError) as exc:
-        _fail(str(exc))
-    return app
-
-
 def _secret() -> bytes:
     try:
         found = load_secrets()
     except SecretError as exc:  # its message names the variable, never the secret
-        _fail(str(exc))
+        fail(str(exc))
     if not found:
-        _fail(
+        fail(
             f"no deployment secret: set {SECRET_VAR} or {SECRET_FILE_VAR} (the secret the "
             "deployment's processes get; the passwords are derived from it)"
         )
@@ -90,19 +64,19 @@ def broker_auth(
 ) -> None:
     """Write the broker logins of APP's processes (one per process, from the placement in the
     settings' groups), the supervisor's and the observer's, and their access rules."""
-    settings = _settings(config)
-    the_app = _load(app, settings)
+    settings = command_settings(config)
+    _, the_app = command_app(app, settings)
     name = deployment or settings.deployment or the_app.name
     try:
         processes = {p.name: p.services for p in plan(the_app, "microservices", settings.groups)}
     except DefinitionError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     secret = _secret()
     folder = out.absolute()
     try:
         passwords, acl = broker_auth_files(the_app, name, processes, secret, folder)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     snippet = folder / CONFIG_SNIPPET
     snippet.write_text(
         _SNIPPET.format(

@@ -12,17 +12,17 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from .._errors import DefinitionError
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets, stored_secret
 from .generate import compose_files, docker_files, kubernetes_files, write_secrets
 from .generate.common import Output, check_supported, keeps_state
 from .generate.docker import BASE_IMAGE, LOCK, image_source, lock_text, pins
+from .loading import command_app, command_settings, fail
 from .plan import DEFAULT_PORT, MODES, DeploymentPlan, settings_plan
 from .settings import Settings
 
@@ -66,16 +66,12 @@ class Job:
         return f"archipel deploy {target}{self.arguments}{mode}" + (f" --image {image}" if image else "")
 
 
-def _fail(message: str) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {escape(message)}")  # "[tls]" is no markup
-    raise typer.Exit(2)
+_fail = fail
 
 
 def _job(app: str | None, config: Path | None, mode: str | None, image: str | None = None) -> Job:
-    from ..cli import _load, _settings
-
-    settings = _settings(config)
-    reference, the_app = _load(app, settings)
+    settings = command_settings(config)
+    reference, the_app = command_app(app, settings)
     chosen = mode or settings.mode
     if chosen not in MODES:
         _fail(f"--mode must be one of {', '.join(MODES)}, not {chosen!r}")

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .children import Child
-from .plan import ProcessPlan
-
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+from .plan import DeploymentPlan, ProcessPlan
 
 Progress = Callable[[str], None]
 MAX_REPLICAS = 32
@@ -27,8 +24,19 @@ class ChangeRefused(ValueError):
     """The change names something the deployment does not have, or cannot be made now."""
 
 
+class Cluster(Protocol):
+    """What a change needs of the local supervisor (``_deploy.supervisor.Supervisor``)."""
+
+    plan: DeploymentPlan
+    children: list[Child]
+
+    async def add_replica(self, process: ProcessPlan, timeout: float = 60.0) -> Child: ...
+
+    async def retire(self, child: Child, settle: float | None = None) -> None: ...
+
+
 class Changes:
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Cluster) -> None:
         self._supervisor = supervisor
         self._lock = asyncio.Lock()  # one change at a time: two rollouts would race for replicas
 

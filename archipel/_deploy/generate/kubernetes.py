@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._errors import DefinitionError
 from ..._runtime import STORE_URL_VAR
 from ..plan import DeploymentPlan, ProcessPlan
 from .common import (
@@ -46,54 +45,16 @@ from .common import (
     keyring_secret,
     mosquitto_conf,
     references,
-    resource_name,
     stop_seconds,
     worker_env,
 )
+from .names import Names
 from .network import broker_policy, process_policy
 
 KEYRING_DIR = "/etc/archipel/keyring"
 STORE_KEY = "url"
 BROKER_STOP = 30  # seconds: Mosquitto writes its database at SIGTERM
 STORAGE = "1Gi"
-
-
-class Names:
-    """Resource names and labels of one deployment: ``DEPLOYMENT-PROCESS``, DNS labels."""
-
-    def __init__(self, plan: DeploymentPlan, version: str) -> None:
-        self.plan = plan
-        self.version = version
-        seen: dict[str, str] = {}
-        for name in [*plan.process_names, BROKER]:
-            resource = self.resource(name)
-            if resource in seen:
-                raise DefinitionError(
-                    f"processes {seen[resource]!r} and {name!r} would share the name {resource!r}"
-                )
-            if len(resource) > 52:  # a StatefulSet's pods add a suffix; Services allow 63
-                raise DefinitionError(
-                    f"{resource!r} is too long for a Kubernetes name: shorten the deployment"
-                )
-            seen[resource] = name
-
-    def resource(self, name: str) -> str:
-        return resource_name(self.plan, name)
-
-    def selector(self, name: str) -> dict[str, str]:
-        return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": self.plan.deployment}
-
-    def labels(self, name: str, component: str) -> dict[str, str]:
-        return {
-            **self.selector(name),
-            "app.kubernetes.io/component": component,
-            "app.kubernetes.io/part-of": self.plan.app.name,
-            "app.kubernetes.io/version": self.version,
-            "app.kubernetes.io/managed-by": "archipel",
-        }
-
-    def metadata(self, name: str, component: str, suffix: str = "") -> dict[str, Any]:
-        return {"name": self.resource(name) + suffix, "labels": self.labels(name, component)}
 
 
 def kubernetes_files(

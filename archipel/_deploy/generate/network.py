@@ -11,14 +11,12 @@ Kubelet probes are not subject to these; ``kubectl port-forward`` neither.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..plan import ProcessPlan
 from .common import BROKER, MQTT_PORT, external_broker
-
-if TYPE_CHECKING:
-    from .kubernetes import Names
+from .names import Names
 
 _DNS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
 
