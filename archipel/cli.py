@@ -204,8 +204,9 @@ def _print_status(data: dict[str, Any]) -> None:
     for process in data["processes"]:
         uptime, last_exit = process["uptime"], process["last_exit_code"]
         label = process["name"] if not process["replica"] else f"{process['name']}#{process['replica']}"
-        if process["services"] != [process["name"]]:
-            label += f" ({', '.join(process['services'])})"
+        services = process["services"]
+        if services != [process["name"]]:  # a group: what it hosts, in a word when it is many
+            label += f" ({', '.join(services)})" if len(services) <= 2 else f" ({len(services)} services)"
         health = process.get("health") or ("ready" if process.get("ready") else "starting")
         table.add_row(
             label,
