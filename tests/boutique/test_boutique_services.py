@@ -81,6 +81,18 @@ async def test_currency_service() -> None:
     assert await currency.convert(Money("EUR", 1), "JPY") == Money("JPY", 161, 200_000_000)
 
 
+async def test_currency_converts_a_page_of_prices_in_one_call_and_bounds_it() -> None:
+    currency = Currency()
+    amounts = [Money("USD", 12, 500_000_000), Money("EUR", 1), Money("JPY", 300)]
+    one_by_one = [await currency.convert(amount, "GBP") for amount in amounts]
+    assert await currency.convert_all(amounts, "GBP") == one_by_one
+    assert await currency.convert_all([], "GBP") == []
+    with pytest.raises(InvalidArgument, match="at most 1000 amounts per call, not 1001"):
+        await currency.convert_all([Money("EUR", 1)] * 1001, "GBP")
+    with pytest.raises(InvalidArgument, match="unsupported currency 'XXX'"):
+        await currency.convert_all([Money("EUR", 1), Money("XXX", 1)], "GBP")
+
+
 async def test_recommendation_service_uses_the_catalog() -> None:
     recommendation = Recommendation()
     recommendation.catalog = Catalog()

@@ -9,6 +9,8 @@ from archipel import InvalidArgument, Service, rpc
 from . import money
 from .types import MAX_UNITS, Amount, CurrencyCode, Money
 
+MAX_BATCH = 1000  # amounts per convert_all call: a catalog page, with room to spare
+
 # Units of each currency worth one euro. Illustrative, fixed rates: a demo, not a market feed.
 EUR_RATES: dict[str, Fraction] = {
     code: Fraction(rate)
@@ -51,3 +53,10 @@ class Currency(Service):
     @rpc(idempotent=True)
     async def convert(self, amount: Amount, to_code: CurrencyCode) -> Money:
         return convert_amount(amount, to_code)
+
+    @rpc(idempotent=True)
+    async def convert_all(self, amounts: list[Amount], to_code: CurrencyCode) -> list[Money]:
+        """Convert many amounts in one call: a page of prices costs one hop, not one per product."""
+        if len(amounts) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} amounts per call, not {len(amounts)}")
+        return [convert_amount(amount, to_code) for amount in amounts]

@@ -305,9 +305,8 @@ class Frontend(Service):
         return code if code in await self._supported() else DEFAULT_CURRENCY
 
     async def _prices(self, products: list[Product], user_currency: str) -> dict[str, Money]:
-        converted = await asyncio.gather(
-            *(self.currency.convert(p.price_usd, user_currency) for p in products)
-        )
+        # One call for the whole page: in microservices each call is an HTTP hop.
+        converted = await self.currency.convert_all([p.price_usd for p in products], user_currency)
         return {p.id: price for p, price in zip(products, converted, strict=True)}
 
     async def _page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
