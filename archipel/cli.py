@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._bench.command import bench
 from ._deploy.auth_commands import broker_files
 from ._deploy.cluster_commands import CONTROL_SOCKET, rollout, scale
 from ._deploy.deploy_commands import deploy
@@ -39,6 +40,7 @@ cli.command()(token)
 cli.command("broker-login")(broker_login)
 cli.command()(rollout)
 cli.command()(scale)
+cli.command()(bench)
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
