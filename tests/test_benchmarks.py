@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
             "authentication: throughput",
         ),
         ("membership.py", ["--seconds", "1", "--rounds", "1"], "probes cost"),
+        ("remote_hop.py", ["--quick"], "archipel / raw asgi+aiohttp throughput"),
     ],
 )
 def test_a_benchmark_runs_and_reports(script: str, arguments: list[str], expected: str) -> None:
