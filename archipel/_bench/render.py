@@ -90,9 +90,12 @@ def ratio_table(result: Result, baseline: str) -> list[str]:
 
 def plot(result: Result, stem: Path) -> list[Path]:
     """Latency (p50 and p99) against offered load, one line per placement, from the rows whose
-    ``extra`` has ``placement`` and ``offered_rate``: ``stem``.png and ``stem``.svg."""
-    import matplotlib
-
+    ``extra`` has ``placement`` and ``offered_rate``: ``stem``.png and ``stem``.svg. None without
+    matplotlib (``pip install archipel[bench]``)."""
+    try:
+        import matplotlib
+    except ImportError:  # the bench extra is not installed: the table alone
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
