@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .._app import App
-from .._deploy.loading import command_app, fail
-from .._deploy.settings import Settings, load_settings
+from .._deploy.loading import command_app, command_settings, fail
+from .._deploy.settings import Settings
 from . import procs, render, result
 from .deployment import (
     MICROSERVICES,
@@ -229,12 +229,12 @@ def bench(
         Path | None,
         typer.Option(help="a Locust file: its @task methods are the mix (default: near the app)"),
     ] = None,
-    calls: Annotated[Path | None, typer.Option(help="a TOML or JSON file of [[calls]] instead")] = None,
+    calls: Annotated[Path | None, typer.Option(help="a TOML or JSON file listing the calls, instead")] = None,
     placement: Annotated[
         list[str] | None, typer.Option(help="NAME=svc+svc,svc+svc: a mixed placement, repeatable")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="archipel.toml whose [groups] are one more placement, 'configured'")
+        Path | None, typer.Option(help="an archipel.toml whose groups are one more placement, 'configured'")
     ] = None,
     rates: Annotated[str, typer.Option(help="open-loop arrival rates, calls per second")] = "25,50,100",
     users: Annotated[int, typer.Option(help="closed-loop visitors (0: no closed-loop run)")] = 16,
@@ -250,7 +250,7 @@ def bench(
     if config is not None:
         if not config.is_file():
             fail(f"--config {config}: no such file")
-        settings = load_settings(config)
+        settings = command_settings(config)  # exits naming what is wrong in it
     reference, the_app = command_app(app, Settings())
     try:
         rate_values = [float(r) for r in rates.split(",") if r.strip()]
