@@ -259,28 +259,10 @@ def broker_url(name: str) -> Iterator[str]:
 
 
 def _embedded() -> Iterator[str]:
-    from archipel._deploy.mosquitto import find_mosquitto, mosquitto_command, write_config
+    from archipel.testing.plugin import embedded_mosquitto  # the production settings, as tests use
 
-    binary = find_mosquitto()
-    if binary is None:
-        raise RuntimeError("the mosquitto binary is not installed")
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="archipel-bench-broker-") as folder:
-        config = write_config(Path(folder), "127.0.0.1", port)
-        with open(Path(folder) / "mosquitto.log", "wb") as log:
-            process = subprocess.Popen(mosquitto_command(binary, config), cwd=folder, stderr=log)
-        try:
-            deadline = time.monotonic() + 10
-            while not _listening(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"mosquitto did not start: {(Path(folder) / 'mosquitto.log').read_text()!r}"
-                    )
-                time.sleep(0.02)
-            yield f"mqtt://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(10)
+        yield from embedded_mosquitto(Path(folder))
 
 
 def _listening(port: int) -> bool:

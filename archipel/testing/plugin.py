@@ -57,12 +57,20 @@ def archipel_rumqttd_broker() -> Iterator[str]:
 def archipel_embedded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of the embedded broker, configured as ``archipel run`` does (Mosquitto keeping its
     sessions on disk), for the whole test session; rumqttd if Mosquitto is not installed."""
-    binary = find_mosquitto()
-    if binary is None:
+    if find_mosquitto() is None:
         yield from _rumqttd()
         return
+    yield from embedded_mosquitto(tmp_path_factory.mktemp("embedded-broker"))
+
+
+def embedded_mosquitto(folder: Path) -> Iterator[str]:
+    """Mosquitto configured as ``archipel run`` configures it, its files in ``folder``, on a free
+    port of 127.0.0.1; yields its URL and stops it after (a generator: wrap it in
+    ``contextlib.contextmanager`` outside pytest, as the benchmarks do)."""
+    binary = find_mosquitto()
+    if binary is None:
+        raise RuntimeError("the mosquitto binary is not installed")
     port = free_port()
-    folder = tmp_path_factory.mktemp("embedded-broker")
     yield from _mosquitto(mosquitto_command(binary, write_config(folder, "127.0.0.1", port)), folder, port)
 
 
