@@ -145,12 +145,15 @@ class Runtime:
         """Started, and able to take and send events (``/readyz``)."""
         return self._started and self.bus.connected
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave: bool = False) -> None:
         """Stop relaying (what is not yet out stays in the outbox for the next start), stop taking
-        events (handlers in flight finish), stop the services, close their stores."""
+        events (handlers in flight finish), stop the services, close their stores. ``leave``: this
+        replica is removed for good, so its share of events goes to the others first."""
         self._started = False
         relays, self._relays = self._relays, []
         await asyncio.gather(*(_quietly(relay.stop(), "outbox relay stop") for relay in relays))
+        if leave:
+            await _quietly(self.bus.leave(), "event bus leave")
         await _quietly(self.bus.stop(), "event bus stop")
         for instance in reversed(list(self.instances.values())):
             await _quietly(instance.stop(), f"{type(instance).__name__}.stop")

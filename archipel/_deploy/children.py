@@ -167,12 +167,13 @@ async def kill(child: Child) -> None:
         process.stdin.close()
 
 
-async def terminate(children: list[Child], grace: float) -> None:
-    """SIGTERM ``children`` together; SIGKILL what outlives ``grace``; close their pipes."""
+async def terminate(children: list[Child], grace: float, signum: int = signal.SIGTERM) -> None:
+    """Signal ``children`` together (SIGTERM: stop; a worker takes SIGUSR2 as "stop for good");
+    SIGKILL what outlives ``grace``; close their pipes."""
     running = [c.process for c in children if c.process is not None and c.process.returncode is None]
     for process in running:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
     if running:
         _, pending = await asyncio.wait([asyncio.create_task(p.wait()) for p in running], timeout=grace)
         if pending:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -481,7 +482,11 @@ class Supervisor:
         child.retired = True
         if child in self.children:
             self.children.remove(child)
-        await terminate([child], self._grace)
+        # SIGUSR2: it unsubscribes, handles what was already queued for it, then stops, so ending
+        # its session below drops nothing.
+        await terminate(
+            [child], self._grace, signal.SIGUSR2 if self.mode == "microservices" else signal.SIGTERM
+        )
         if self.mode == "microservices":
             await self._broker.end_session(child)
         self.publish_peers()  # the next start no longer resumes its session

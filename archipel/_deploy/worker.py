@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -176,6 +177,7 @@ def main() -> None:
     uv = DrainingServer(
         uvicorn_config(server, spec.host, spec.port, spec.drain, tls), server, spec.drain_delay
     )
+    signal.signal(signal.SIGUSR2, uv.handle_leave)  # the supervisor removes this replica for good
     asyncio.run(uv.serve(sockets=[shared_socket(spec.host, spec.port)] if spec.reuse_port else None))
     if not uv.started:
         sys.exit(3)
@@ -201,6 +203,12 @@ class DrainingServer(uvicorn.Server):
         self._rpc.draining = True
         self._exit_at = time.monotonic() + self._delay
         asyncio.get_running_loop().call_soon_threadsafe(self._stop_listening)
+
+    def handle_leave(self, sig: int, frame: FrameType | None) -> None:
+        """SIGUSR2: stop as on SIGTERM, and hand this replica's share of events to the others
+        before the event bus stops (its session is ended afterwards)."""
+        self._rpc.leaving = True
+        self.handle_exit(signal.SIGTERM, frame)
 
     def _stop_listening(self) -> None:
         for server in self.servers:

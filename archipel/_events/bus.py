@@ -67,6 +67,10 @@ class EventBus(Protocol):
     async def stop(self) -> None:
         """Stop taking events, let handlers in flight finish, disconnect."""
 
+    async def leave(self) -> None:
+        """This process is removed for good (scale-down, rollout): hand its share of future
+        events to the other replicas and handle what it was already given. Before ``stop``."""
+
     async def publish(self, envelope: Envelope) -> None:
         """Hand the event over; returns once the transport has accepted it."""
 
@@ -98,6 +102,9 @@ class LocalBus:
 
     async def start(self) -> None:
         self._running = True
+
+    async def leave(self) -> None:
+        return None  # one process: no other replica to hand events to
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop taking events; give handlers in flight ``drain_timeout`` seconds, then cancel them."""

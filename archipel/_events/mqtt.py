@@ -263,6 +263,36 @@ class MqttBus:
             await self.stop()
             raise
 
+    async def leave(self, quiet: float = 0.5) -> None:
+        """This replica is removed for good: unsubscribe its shared subscriptions, so the broker
+        gives their next events to the other replicas, then keep handling what was already sent
+        or queued for this session until nothing has come for ``quiet`` seconds (at most the
+        drain timeout). Without this, ending the session of a removed replica would drop the
+        events queued for it. Call before :meth:`stop`."""
+        client = self._client
+        protocol = client._protocol if client is not None else None  # zmqtt's protocol layer
+        if protocol is None:
+            return
+        for route in self._active:
+            subscription = route.subscription
+            if subscription is None or route.handlers is self._observers:
+                continue
+            # UNSUBSCRIBE without zmqtt's Subscription.stop(), which would also stop routing the
+            # messages still on their way to this subscription.
+            filters = list(subscription._registered_filters)
+            try:
+                await protocol.unsubscribe(filters)
+            except Exception as exc:  # the session ends anyway; what was queued may be redelivered
+                log.warning("leaving: could not unsubscribe %s: %s", filters, exc)
+            else:
+                log.info("leaving: unsubscribed %s", ", ".join(filters))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_timeout
+        seen = -1
+        while loop.time() < deadline and (seen != self.stats.received or self._handling):
+            seen = self.stats.received
+            await asyncio.sleep(quiet)  # no event announces "nothing more is queued": wait for quiet
+
     async def stop(self) -> None:
         client, self._client = self._client, None
         if client is None:

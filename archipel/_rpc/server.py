@@ -111,6 +111,7 @@ class RpcServer:
         self.verifier = verifier
         self.internal = internal
         self.draining = False  # set at SIGTERM: /readyz answers 503 while calls are still served
+        self.leaving = False  # removed for good (SIGUSR2): its share of events goes to the others
         self.version = version  # reported by /readyz: which code a replica runs during a rollout
         self._guarded = {_OBSERVABLE_PATHS[name] for name in OBSERVABLE if name not in open_endpoints}
         self._on_startup = on_startup
@@ -150,7 +151,7 @@ class RpcServer:
         self._public = publics[0][1] if publics else None
 
     async def stop(self) -> None:
-        await self.runtime.stop()
+        await self.runtime.stop(leave=self.leaving)
         if self._on_shutdown is not None:
             await self._on_shutdown()
 
