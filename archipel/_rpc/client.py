@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ KEEPALIVE = 4.0
 # A replica that takes longer than this to accept a connection is taken for gone (a host cut off
 # the network drops the SYN): the call moves to another replica while its deadline still allows.
 CONNECT_TIMEOUT = 1.0
+_NO_GUARD = contextlib.nullcontext()
 
 
 class _ErrorBody(msgspec.Struct):
@@ -159,11 +161,13 @@ class HttpTransport:
                 headers["authorization"] = credential
         body = msgspec.json.encode(invocation.arguments)
         url = base + path
-        waiting = self._waiting[base]
-        guard = asyncio.timeout(None)  # fired by _give_up_on when the replica stops answering probes
+        # Fired by _give_up_on when the replica stops answering probes; without probes (a fixed
+        # list of peers) nothing can fire it, so the call pays for no guard.
+        guard = asyncio.timeout(None) if self.membership.probing else None
         try:
-            async with guard:
-                waiting.add(guard)
+            async with guard or _NO_GUARD:
+                if guard is not None:
+                    self._waiting[base].add(guard)
                 async with self._session.post(
                     url,
                     data=body,
@@ -177,13 +181,14 @@ class HttpTransport:
             self.membership.mark_down(base)
             raise Unavailable(f"{spec.qualname}: cannot connect to {base}: {exc}", never_sent=True) from exc
         except TimeoutError:
-            if guard.expired():
+            if guard is not None and guard.expired():
                 raise Unavailable(f"{spec.qualname}: {base} stopped answering its health probes") from None
             raise DeadlineExceeded(f"{spec.qualname} did not answer within {timeout:.3g}s") from None
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{spec.qualname}: {base} failed: {exc}") from exc
         finally:
-            waiting.discard(guard)
+            if guard is not None:
+                self._waiting[base].discard(guard)
         if status == 200:
             try:
                 return decoder.decode(payload)

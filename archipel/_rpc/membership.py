@@ -90,6 +90,12 @@ class Membership:
             if self._task is not None:  # a new replica joins the rotation at its first good probe
                 self._down |= urls - before
 
+    @property
+    def probing(self) -> bool:
+        """Whether replicas are being probed (started, with an interval): only then can one be
+        found unresponsive."""
+        return self._task is not None
+
     def on_unresponsive(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(url)`` when a replica has failed UNRESPONSIVE_AFTER probes in a row
         while another replica of one of its services is in rotation: its callers should give up
