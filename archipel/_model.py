@@ -6,6 +6,7 @@ else (runtime, transports, OpenAPI) works from the specs, never from the classes
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 E = TypeVar("E", bound="Event")
 
 _RPC_MARK = "__archipel_rpc__"
+DEFAULT_MAX_BATCH = 100  # items per call of a batch method (``@rpc(batch=...)``)
 _ON_MARK = "__archipel_on__"
 
 
@@ -71,6 +73,10 @@ class RpcOptions:
     max_timeout: float | None = None
     retries: int | None = None
     backoff: float | None = None
+    # The method of the same service that takes a list of this one's items: concurrent remote
+    # calls of this one are sent as calls of it, ``max_batch`` items at most (_rpc/coalesce.py).
+    batch: str | None = None
+    max_batch: int = DEFAULT_MAX_BATCH
 
     @property
     def policy(self) -> dict[str, Any]:
@@ -93,6 +99,8 @@ def rpc(
     retries: int | None = None,
     backoff: float | None = None,
     public: bool = False,
+    batch: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Callable[[F], F]: ...
 def rpc(
     func: F | None = None,
@@ -104,6 +112,8 @@ def rpc(
     retries: int | None = None,
     backoff: float | None = None,
     public: bool = False,
+    batch: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> F | Callable[[F], F]:
     """Mark an ``async`` method as callable by other services and over ``POST /{service}/{method}``.
 
@@ -117,14 +127,25 @@ def rpc(
     ``public=True`` serves the method to anyone who reaches the process, in every topology.
     Otherwise it is internal: only the services that declare this one as a dependency may call it,
     each call carrying a signed credential, and a monolith does not serve it over HTTP at all.
+
+    ``batch="convert_all"`` names a method of the same service taking a list of this one's items
+    (``convert_all(amounts: list[Amount], to_code) -> list[Money]`` for ``convert(amount: Amount,
+    to_code) -> Money``): concurrent remote calls of this method with equal other arguments are
+    sent as one call of it, ``max_batch`` items at most. A local call stays a plain call.
     """
-    options = RpcOptions(idempotent, public, timeout, max_timeout, retries, backoff)
+    options = RpcOptions(idempotent, public, timeout, max_timeout, retries, backoff, batch, max_batch)
 
     def mark(f: F) -> F:
         for key, value in options.policy.items():
             problem = check_value(key, value)
             if problem is not None:
                 raise DefinitionError(f"{f.__qualname__}: @rpc({key}=...): {problem}")
+        if batch is not None and not (isinstance(batch, str) and batch.isidentifier()):
+            raise DefinitionError(f"{f.__qualname__}: @rpc(batch=...) names a method, got {batch!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise DefinitionError(
+                f"{f.__qualname__}: @rpc(max_batch=...) must be an integer >= 1, got {max_batch!r}"
+            )
         setattr(f, _RPC_MARK, options)
         return f
 
@@ -227,6 +248,17 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """How calls of a method are coalesced: ``item`` of each call goes into the list parameter
+    ``items`` of ``method``, whose answer has one item per call, in order."""
+
+    method: str
+    item: str
+    items: str
+    max_batch: int
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     service: str
     name: str
@@ -235,6 +267,7 @@ class MethodSpec:
     idempotent: bool
     arguments: type[msgspec.Struct]  # a Struct with one field per parameter: the wire schema
     options: RpcOptions = RpcOptions()
+    batch: Batching | None = None  # checked against the batch method by describe()
 
     @property
     def qualname(self) -> str:
@@ -297,6 +330,9 @@ def describe(cls: type[Service]) -> ServiceSpec:
             methods[attr] = _method_spec(cls, name, attr, member, options)
         if event_type is not None:
             handlers.append(_handler_spec(cls, name, attr, member, event_type))
+    for attr, method in methods.items():
+        if method.options.batch is not None:
+            methods[attr] = dataclasses.replace(method, batch=_batching(cls, method, methods))
     optionals = {
         dep.__service_name__: marker.fallbacks
         for attr, dep in dependencies.items()
@@ -349,6 +385,72 @@ def _method_spec(cls: type, service: str, attr: str, func: Any, options: RpcOpti
             f"{where}: a parameter or the return type cannot travel as JSON: {exc}"
         ) from exc
     return MethodSpec(service, attr, tuple(params), hints["return"], options.idempotent, arguments, options)
+
+
+def _batching(cls: type, single: MethodSpec, methods: dict[str, MethodSpec]) -> Batching:
+    """Check that ``single``'s batch method takes a list of its items and answers a list of its
+    answers, with the same other parameters; raise DefinitionError naming what differs."""
+    name = single.options.batch
+    assert name is not None
+    where = f"{_where(cls, single.name)}: @rpc(batch={name!r})"
+    batch = methods.get(name)
+    if batch is None or name == single.name:
+        raise DefinitionError(f"{where}: {cls.__name__} has no other @rpc method named {name!r}")
+    ones = {p.name: p for p in single.params}
+    many = {p.name: p for p in batch.params}
+    # The list parameter: one named differently (amount -> amounts), or the same name as a list.
+    only_one = [n for n in ones if n not in many]
+    only_many = [n for n in many if n not in ones]
+    if len(only_one) > 1 or len(only_many) > 1 or len(only_one) != len(only_many):
+        raise DefinitionError(
+            f"{where}: {name} must take the parameters of {single.name}, one of them as a list; "
+            f"{single.name} has ({', '.join(ones)}), {name} has ({', '.join(many)})"
+        )
+    if only_one:
+        pairs = [(only_one[0], only_many[0])]
+    else:
+        pairs = [(n, n) for n in ones if _list_of(many[n].annotation) == ones[n].annotation]
+        if len(pairs) != 1:
+            raise DefinitionError(
+                f"{where}: exactly one parameter of {name} must be a list of the same parameter of "
+                f"{single.name}; found {len(pairs)}"
+            )
+    item, items = pairs[0]
+    if _list_of(many[items].annotation) != ones[item].annotation:
+        raise DefinitionError(
+            f"{where}: {name}'s parameter '{items}' must be list[{_type_name(ones[item].annotation)}], "
+            f"the type of {single.name}'s '{item}', not {_type_name(many[items].annotation)}"
+        )
+    for other in ones:
+        if other != item and (ones[other].annotation, ones[other].default) != (
+            many[other].annotation,
+            many[other].default,
+        ):
+            raise DefinitionError(
+                f"{where}: parameter '{other}' differs between {single.name} and {name} "
+                "(type or default); the parameters other than the list must be the same"
+            )
+    if _list_of(batch.returns) != single.returns:
+        raise DefinitionError(
+            f"{where}: {name} must return list[{_type_name(single.returns)}], not {_type_name(batch.returns)}"
+        )
+    if batch.idempotent != single.idempotent:
+        raise DefinitionError(
+            f"{where}: {single.name} and {name} must both be idempotent or both not: a batch is "
+            "retried as the calls it carries would be"
+        )
+    return Batching(name, item, items, single.options.max_batch)
+
+
+def _list_of(annotation: Any) -> Any:
+    """``T`` for ``list[T]``, else a marker equal to nothing."""
+    if typing.get_origin(annotation) is list and len(typing.get_args(annotation)) == 1:
+        return typing.get_args(annotation)[0]
+    return object()
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 def _handler_spec(cls: type, service: str, attr: str, func: Any, event_type: type[Event]) -> HandlerSpec:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ._chain import Invocation, Next, Site
 from ._model import MethodSpec, ServiceSpec
+from ._rpc.coalesce import coalesce
 
 
 def make_proxy(spec: ServiceSpec, chain: Callable[[MethodSpec], tuple[Site, Next]]) -> Any:
@@ -18,8 +19,12 @@ def make_proxy(spec: ServiceSpec, chain: Callable[[MethodSpec], tuple[Site, Next
     :class:`Invocation` and runs ``chain(method)``."""
     proxy_type = type(f"{spec.cls.__name__}Proxy", (), {"__repr__": lambda self: f"<proxy {spec.name}>"})
     proxy = proxy_type()
+    sites = {name: chain(method) for name, method in spec.methods.items()}
     for name, method in spec.methods.items():
-        setattr(proxy, name, _proxy_method(method, getattr(spec.cls, name), *chain(method)))
+        site, call = sites[name]
+        # A remote call of a method with a batch method joins the concurrent ones (_rpc/coalesce.py).
+        call = coalesce(method, site, call, sites)
+        setattr(proxy, name, _proxy_method(method, getattr(spec.cls, name), site, call))
     return proxy
 
 
