@@ -279,6 +279,35 @@ def openapi(app: Annotated[str | None, typer.Argument()] = None, config: Path | 
 
 
 @cli.command()
+def asyncapi(
+    app: Annotated[str | None, typer.Argument(help="module:attribute or path/to/file.py[:attribute]")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the document here instead of to stdout")] = None,
+    deployment: Annotated[str | None, typer.Option(help="the topic root; default: the app's name")] = None,
+    config: Path | None = None,
+) -> None:
+    """Print the AsyncAPI 3.0.0 document of every event of APP: topics, payloads, who sends and
+    who receives. The broker is the configured one when it is an mqtt:// URL."""
+    from ._events.asyncapi import asyncapi_document
+
+    settings = _settings(config)
+    _, the_app = _load(app, settings)
+    url = settings.broker if settings.broker.startswith(("mqtt://", "mqtts://")) else None
+    try:
+        document = asyncapi_document(the_app, root=deployment or settings.deployment, broker=url)
+    except ValueError as exc:
+        _fail(str(exc))
+    text = json.dumps(document, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    errors.print(f"wrote {out}")
+
+
+@cli.command()
 def broker(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 1883,

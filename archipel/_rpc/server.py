@@ -7,7 +7,8 @@ What is open to whom (docs/security.md):
 - internal methods: only callers with a valid credential for that service (``_security``),
   checked before the body is read; a server built with ``internal=False`` (a monolith) does not
   serve them at all;
-- ``/metrics`` and ``/openapi.json``: the scrape token or an operator credential, unless opened;
+- ``/metrics``, ``/openapi.json`` and ``/asyncapi.json``: the scrape token or an operator
+  credential, unless opened;
 - ``/healthz`` and ``/readyz``: anyone (orchestrators' probes).
 
 Written against raw ASGI with msgspec, because the internal RPC endpoint is on every hop's
@@ -46,7 +47,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1 << 20
-OBSERVABLE = ("metrics", "openapi")  # endpoints that can be opened to anyone (``open_endpoints``)
+OBSERVABLE = ("metrics", "openapi", "asyncapi")  # endpoints that can be opened to anyone (``open_endpoints``)
 _JSON = [(b"content-type", b"application/json")]
 _CHALLENGE = [*_JSON, (b"www-authenticate", b'Bearer realm="archipel"')]
 _ALLOW_POST = [*_JSON, (b"allow", b"POST")]
@@ -119,6 +120,7 @@ class RpcServer:
         self._endpoints: dict[str, _Endpoint] = {}
         self._public: ASGIApp | None = None
         self._openapi: bytes | None = None
+        self._asyncapi: bytes | None = None
         self._encoder = msgspec.json.Encoder()
 
     async def start(self) -> None:
@@ -319,6 +321,13 @@ class RpcServer:
             self._openapi = msgspec.json.encode(openapi_document(self.runtime.app.name, specs))
         await _respond(send, 200, self._openapi)
 
+    async def _asyncapi_json(self, send: Send) -> None:
+        if self._asyncapi is None:
+            from .._events.asyncapi import process_document  # only when asked: it imports the MQTT bus
+
+            self._asyncapi = msgspec.json.encode(process_document(self.runtime, self.version))
+        await _respond(send, 200, self._asyncapi)
+
     async def _metrics(self, send: Send) -> None:
         headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -339,11 +348,12 @@ def _closing(send: Send) -> Send:
 
 
 _TIMEOUT = _context.TIMEOUT_HEADER.encode()
-_OBSERVABLE_PATHS = {"metrics": "/metrics", "openapi": "/openapi.json"}
+_OBSERVABLE_PATHS = {"metrics": "/metrics", "openapi": "/openapi.json", "asyncapi": "/asyncapi.json"}
 _PROBES: dict[str, Callable[[RpcServer, Send], Awaitable[None]]] = {
     "/healthz": RpcServer._healthz,
     "/readyz": RpcServer._readyz,
     "/openapi.json": RpcServer._openapi_json,
+    "/asyncapi.json": RpcServer._asyncapi_json,
     "/metrics": RpcServer._metrics,
 }
 
