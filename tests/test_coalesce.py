@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -295,3 +298,17 @@ def test_the_same_parameter_name_as_a_list_is_accepted() -> None:
 def test_bad_batch_options_are_definition_errors(options: dict[str, Any], problem: str) -> None:
     with pytest.raises(DefinitionError, match=problem):
         rpc(**options)(_many())
+
+
+def test_the_batching_benchmark_runs_and_prints_its_table() -> None:
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / "batching.py"), "--quick", "--sizes", "3"]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 3 | (c) gathered, coalesced |" in result.stdout
+    rows = {
+        line.split("|")[2].strip(): line.split("|")[-2].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("| 3 ")
+    }
+    assert rows["(b) gathered, no coalescing"] == "3" and rows["(c) gathered, coalesced"] == "1", rows

@@ -184,7 +184,8 @@ class Checkout(Service, emits=[OrderPlaced]):
         products: list[Product] = await asyncio.gather(
             *(self.catalog.get_product(i.product_id) for i in lines)
         )
-        prices = await self.currency.convert_all([p.price_usd for p in products], user_currency)
+        # One hop to currency in microservices: the gathered calls travel as one convert_all.
+        prices = await asyncio.gather(*(self.currency.convert(p.price_usd, user_currency) for p in products))
         return [
             OrderItem(p.id, p.name, line.quantity, price)
             for p, line, price in zip(products, lines, prices, strict=True)

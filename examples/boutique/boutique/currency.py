@@ -50,7 +50,8 @@ class Currency(Service):
     async def supported_currencies(self) -> list[str]:
         return sorted(EUR_RATES)
 
-    @rpc(idempotent=True)
+    # Concurrent remote calls of convert (a page of prices gathered) travel as one convert_all.
+    @rpc(idempotent=True, batch="convert_all")
     async def convert(self, amount: Amount, to_code: CurrencyCode) -> Money:
         return convert_amount(amount, to_code)
 

@@ -305,8 +305,11 @@ class Frontend(Service):
         return code if code in await self._supported() else DEFAULT_CURRENCY
 
     async def _prices(self, products: list[Product], user_currency: str) -> dict[str, Money]:
-        # One call for the whole page: in microservices each call is an HTTP hop.
-        converted = await self.currency.convert_all([p.price_usd for p in products], user_currency)
+        # One hop for the whole page in microservices: the concurrent calls of convert are sent
+        # as one call of convert_all (@rpc(batch=...) in currency.py).
+        converted = await asyncio.gather(
+            *(self.currency.convert(p.price_usd, user_currency) for p in products)
+        )
         return {p.id: price for p, price in zip(products, converted, strict=True)}
 
     async def _page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
