@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._bench.command import bench
+from ._bench.plan_command import plan
 from ._deploy.auth_commands import broker_files
 from ._deploy.cluster_commands import CONTROL_SOCKET, rollout, scale
 from ._deploy.deploy_commands import deploy
@@ -41,6 +42,7 @@ cli.command("broker-login")(broker_login)
 cli.command()(rollout)
 cli.command()(scale)
 cli.command()(bench)
+cli.command()(plan)
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 

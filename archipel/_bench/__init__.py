@@ -6,5 +6,8 @@
 - :mod:`.result`: the result file's schema (one JSON file per scenario run);
 - :mod:`.render`: the Markdown table, the ratios to a baseline, and the plots;
 - :mod:`.deployment`: one placement of an app started with ``archipel run``, then stopped;
-- :mod:`.command`: the ``archipel bench`` command.
+- :mod:`.command`: the ``archipel bench`` command;
+- :mod:`.advisor`: which services to group in one process, from measured calls and CPU (pure);
+- :mod:`.observe`: those measurements, from every process's ``/metrics`` under the mix;
+- :mod:`.plan_command`: the ``archipel plan`` command (measure, advise, verify).
 """
