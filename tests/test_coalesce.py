@@ -4,7 +4,9 @@ batch method, over real HTTP to a real server on 127.0.0.1; a local call stays a
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -312,3 +314,22 @@ def test_the_batching_benchmark_runs_and_prints_its_table() -> None:
         if line.startswith("| 3 ")
     }
     assert rows["(b) gathered, no coalescing"] == "3" and rows["(c) gathered, coalesced"] == "1", rows
+
+
+def test_the_readme_batching_example_declares_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Batching\n") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    (tmp_path / "readme_batching.py").write_text(code.group(1))  # the example as written
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("readme_batching")
+    example = App("readme", [module.Currency, module.Frontend])
+    batching = example.specs["currency"].methods["convert"].batch
+    assert batching is not None and (batching.method, batching.item, batching.items) == (
+        "convert_all",
+        "amount",
+        "amounts",
+    )

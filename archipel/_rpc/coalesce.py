@@ -41,6 +41,15 @@ class _Group:
     items: list[Any] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
     deadlines: list[float | None] = field(default_factory=list)  # monotonic, None: no deadline
+    calls: dict[int, _Call] = field(default_factory=dict)  # caller's index -> its batch call, once sent
+
+
+@dataclass(slots=True)
+class _Call:
+    """A batch call in flight, and how many of its callers still wait for it."""
+
+    task: asyncio.Task[None]
+    waiting: int
 
 
 class Coalescer:
@@ -74,10 +83,19 @@ class Coalescer:
         group.items.append(arguments.get(self._item, self._default))
         group.futures.append(future)
         group.deadlines.append(None if remaining is None else time.monotonic() + remaining)
+        index = len(group.futures) - 1
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._flush)
-        result = await future
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            call = group.calls.get(index)
+            if call is not None:
+                call.waiting -= 1
+                if call.waiting == 0:
+                    call.task.cancel()  # every caller gave up: nobody waits for the answer
+            raise
         if result is _ALONE:
             return await self._chain(invocation)
         return result
@@ -108,13 +126,9 @@ class Coalescer:
         task = asyncio.get_running_loop().create_task(self._call(invocation, futures), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-        def left(_: asyncio.Future[Any]) -> None:
-            if all(f.cancelled() for f in futures):
-                task.cancel()  # every caller gave up: nobody waits for the answer
-
-        for future in futures:
-            future.add_done_callback(left)
+        call = _Call(task, len(chunk))
+        for i in chunk:
+            group.calls[i] = call
 
     async def _call(self, invocation: Invocation, futures: list[asyncio.Future[Any]]) -> None:
         try:
