@@ -236,3 +236,13 @@ def test_archipel_plan_names_what_it_cannot_use(tmp_path: Path) -> None:
     done = _plan("--mix", str(tmp_path / "missing.py"), "--out", str(tmp_path))
     assert done.returncode == 2 and "missing.py not found" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(90)
+def test_archipel_plan_no_verify_writes_the_advice_alone(tmp_path: Path) -> None:
+    done = _plan("--quick", "--no-verify", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    (json_file,) = tmp_path.glob("plan-boutique-*.json")
+    the_result = result.read(json_file)
+    assert the_result.rows == [] and the_result.parameters["advice"]["observed"]["visits"] > 0
+    assert "Placement:" in done.stdout and "verifying" not in done.stderr
