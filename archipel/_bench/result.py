@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-DEFAULT_PACKAGES = ("archipel", "aiohttp", "uvicorn", "msgspec", "starlette", "zmqtt")
+DEFAULT_PACKAGES = ("archipel", "aiohttp", "uvicorn", "msgspec", "starlette")
 
 
 class Machine(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,7 +16,7 @@ What rumqttd 0.20 (iotcore 0.4.0) keeps, measured by ``tests/test_mqtt_bus.py`` 
 
 - Everything lives in memory. Stopping or crashing the broker loses every session, subscription
   and queued message; clients reconnect to an empty broker and must subscribe again (``MqttBus``
-  does, through zmqtt).
+  does: its client subscribes again whenever the broker kept no session).
 - Persistent sessions (``clean_start=False`` plus a session expiry) survive a client disconnect:
   rumqttd keeps the session's subscriptions and its read position in the in-memory commit log,
   so events published while a durable consumer is down, shared subscriptions included, are

@@ -1,4 +1,4 @@
-"""MQTT-level checks and repairs of a broker, in a few raw MQTT 5 packets (no client library).
+"""MQTT-level checks and repairs of a broker, in a few raw MQTT 5 packets (one exchange each, no client).
 
 A TCP accept proves little: the kernel accepts for a stopped (SIGSTOP) broker, and rumqttd keeps
 accepting after its router thread died. :func:`probe` therefore does a whole round trip on a
@@ -27,34 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._events.endpoint import reason_name
+from .._mqtt import packets
 
 PROBE_ROOT = "archipel-probe"  # outside every deployment's topic tree: observers never see probes
 
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _SUBSCRIBE, _SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
-_DISCONNECT = b"\xe0\x00"
+_CONNACK, _PUBLISH, _PUBACK, _SUBACK = 0x20, 0x30, 0x40, 0x90  # first bytes, flags included
+_DISCONNECT = packets.DISCONNECT_PACKET
 _PUBLISH_ID = 2  # the probe's QoS 1 publish; its SUBSCRIBE is packet 1
 
 
 class ProbeFailed(Exception):
     """The broker did not complete an MQTT exchange; the message says which step and why."""
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _varint(len(body)) + body
 
 
 @dataclass(frozen=True)
@@ -73,25 +56,16 @@ def probe_topic(client_id: str, username: str | None = None) -> str:
 
 
 def _connect(client_id: str, session_expiry: int = 0, login: _Login = _ANONYMOUS) -> bytes:
-    # Protocol "MQTT" level 5; keep-alive 10 s. Expiry 0: clean start, nothing kept. Otherwise
-    # resume the session (clean start off) and keep it that many seconds after we leave.
-    flags = 0x00 if session_expiry else 0x02
-    properties = b"\x11" + session_expiry.to_bytes(4, "big") if session_expiry else b""
-    payload = _string(client_id)
-    if login.username is not None:
-        flags |= 0x80
-        payload += _string(login.username)
-    if login.password is not None:
-        flags |= 0x40
-        payload += _string(login.password)  # binary data: the same 2-byte length prefix
-    header = _string("MQTT") + bytes([5, flags]) + b"\x00\x0a" + _varint(len(properties)) + properties
-    return _packet(_CONNECT, header + payload)
-
-
-def _subscribe(packet_id: int, topic_filter: str, qos: int, identifier: int | None) -> bytes:
-    properties = b"" if identifier is None else b"\x0b" + _varint(identifier)
-    body = packet_id.to_bytes(2, "big") + _varint(len(properties)) + properties
-    return _packet(_SUBSCRIBE, body + _string(topic_filter) + bytes([qos]))
+    # Keep-alive 10 s. Expiry 0: clean start, nothing kept. Otherwise resume the session (clean
+    # start off) and keep it that many seconds after we leave.
+    return packets.connect(
+        client_id,
+        clean_start=not session_expiry,
+        session_expiry=session_expiry,
+        keep_alive=10,
+        username=login.username,
+        password=login.password,
+    )
 
 
 async def _read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -138,12 +112,12 @@ async def _subscribed(
 
 
 async def _round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, topic: str) -> None:
-    await _subscribed(reader, writer, _subscribe(1, topic, 0, None), topic)
+    await _subscribed(reader, writer, packets.subscribe(1, topic, 0, None), topic)
     # QoS 1, so a broker that refuses the publish says so (PUBACK reason) instead of dropping it.
     # Our message coming back (at QoS 0, as subscribed) ends the probe without waiting for the
     # PUBACK, which a broker without TCP_NODELAY may hold back for a delayed ACK (40 ms).
     packet_id = _PUBLISH_ID.to_bytes(2, "big")
-    writer.write(_packet(_PUBLISH | 0x02, _string(topic) + packet_id + b"\x00" + b"ping"))
+    writer.write(packets.packet(_PUBLISH | 0x02, packets.string(topic) + packet_id + b"\x00" + b"ping"))
     while (reply := await _read(reader))[0] & 0xF0 != _PUBLISH:
         kind, body = reply
         if kind == _PUBACK and body[:2] == packet_id and len(body) > 2 and body[2] >= 0x80:
@@ -174,7 +148,7 @@ async def _exchange(
             for packet_id, (topic_filter, identifier) in enumerate(filters, start=1):
                 # QoS 1, as the bus subscribes; one packet each: the identifier is per SUBSCRIBE.
                 await _subscribed(
-                    reader, writer, _subscribe(packet_id, topic_filter, 1, identifier), topic_filter
+                    reader, writer, packets.subscribe(packet_id, topic_filter, 1, identifier), topic_filter
                 )
             writer.write(_DISCONNECT)
             await writer.drain()

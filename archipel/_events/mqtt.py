@@ -1,4 +1,4 @@
-"""The MQTT 5 event bus (zmqtt client): the wire contract of events between processes.
+"""The MQTT 5 event bus (our client, :mod:`archipel._mqtt`): the wire contract of events between processes.
 
 An envelope with topic ``orders/placed`` of app ``shop`` travels as a QoS 1 PUBLISH on
 ``shop/orders/placed``, JSON payload, content type ``application/json``, and its CloudEvents
@@ -16,8 +16,10 @@ Shared-subscription groups are named ``{deployment}.{service}:{topic}`` with ``/
 *and* filter, but rumqttd (``broker = "rumqttd"``) keeps one filter per group name and client and
 silently drops the others, so one group name per (service, topic) works on every broker.
 
-Dead letters travel on ``{app}/$dead/{topic}``. MQTT only reserves a *leading* ``$``, but zmqtt's
-``publish`` refuses ``$`` anywhere, so dead letters go through its protocol layer directly.
+Dead letters travel on ``{app}/$dead/{topic}`` (MQTT only reserves a *leading* ``$``).
+
+At most ``max_inflight`` messages are handled at once: beyond that the bus stops reading the
+socket, so the broker holds the rest (TCP back-pressure), and no queue grows in memory.
 
 A bus logs in with ``username``/``password`` when given (each process its own: ``_deploy.acl``)
 and speaks TLS on ``mqtts://``. A refused login fails ``start()`` at once, a refused publish raises
@@ -27,28 +29,19 @@ and speaks TLS on ``mqtts://``. A refused login fails ``start()`` at once, a ref
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import logging
 import ssl
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
-from zmqtt import Message as MqttMessage
-from zmqtt import (
-    MQTTClient,
-    MQTTConnectError,
-    MQTTDisconnectedError,
-    MQTTError,
-    MQTTPublishError,
-    PublishProperties,
-    QoS,
-    ReconnectConfig,
-    Subscription,
-)
-from zmqtt._internal.packets.publish import Publish
+from prometheus_client import Counter
 
+from .._backoff import backoff_delay
+from .._mqtt import packets
+from .._mqtt.client import ConnectionLost, ConnectRefused, Message, MqttClient, Rejected
 from .._telemetry.metrics import EVENTS_ACKED
 from .bus import DEAD_PREFIX, Envelope, Handler
 from .endpoint import DEFAULT_PORT as DEFAULT_PORT
@@ -62,13 +55,7 @@ log = logging.getLogger("archipel.mqtt")
 CONTENT_TYPE = "application/json"
 SESSION_EXPIRY = 3600  # seconds a durable consumer may stay away and still find its queued events
 
-# Must exceed the broker's in-flight window for QoS 1 (Mosquitto 20, EMQX 32, rumqttd
-# max_inflight_count 100): unacked messages then always fit, and zmqtt's read loop never blocks on
-# a full queue while a handler awaits the PUBACK of an event it emits (that would deadlock).
-# Only QoS 0 floods from foreign clients can fill it; then TCP pushes back on the broker.
-_RECEIVE_BUFFER = 10_000
 _MAX_SUBSCRIPTION_ID = 268_435_455
-_RECONNECT_POLL = 0.05
 
 
 @dataclass
@@ -83,8 +70,7 @@ class BusStats:
 class _Route:
     filter: str
     handlers: list[Handler]
-    manual_ack: bool
-    subscription: Subscription | None = None
+    observers: bool = False  # observers see every event; one that fails does not hold its ack
 
 
 def wire_topic(app: str, topic: str) -> str:
@@ -110,29 +96,30 @@ def shared_filter(root: str, service: str, topic: str) -> str:
 
 def subscription_id(key: str) -> int:
     # Stable across restarts: a resumed durable session delivers queued messages tagged with the
-    # identifier of the previous run, and zmqtt routes on it.
+    # identifier of the previous run, and the bus routes on it.
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % _MAX_SUBSCRIPTION_ID + 1
 
 
-def encode_properties(envelope: Envelope) -> PublishProperties:
-    props = [
-        ("specversion", "1.0"),
+_PROPERTIES = packets.PropertiesEncoder(CONTENT_TYPE, (("specversion", "1.0"),))
+
+
+def encode_properties(envelope: Envelope) -> bytes:
+    """The PUBLISH properties block of an envelope: its CloudEvents attributes as user properties."""
+    attributes: tuple[tuple[str, str], ...] = (
         ("id", envelope.id),
         ("source", envelope.source),
         ("type", envelope.type),
         ("time", envelope.time),
-    ]
-    if envelope.traceparent:
-        props.append(("traceparent", envelope.traceparent))
-    return PublishProperties(
-        payload_format_indicator=1, content_type=CONTENT_TYPE, user_properties=tuple(props)
     )
+    if envelope.traceparent:
+        attributes += (("traceparent", envelope.traceparent),)
+    return _PROPERTIES(attributes)
 
 
-def decode_message(app: str, message: MqttMessage) -> Envelope:
+def decode_message(app: str, message: Message) -> Envelope:
     """An incoming PUBLISH as an Envelope; attributes a plain client did not send get defaults."""
-    attrs: dict[str, str] = dict(message.properties.user_properties) if message.properties else {}
+    attrs = dict(message.user_properties)
     return Envelope(
         topic=envelope_topic(app, message.topic),
         type=attrs.get("type", ""),
@@ -144,6 +131,20 @@ def decode_message(app: str, message: MqttMessage) -> Envelope:
     )
 
 
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``topic_filter`` (``+`` one level, ``#`` the rest; a shared
+    subscription's ``$share/{group}/`` prefix is not part of the match)."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    wanted, levels = topic_filter.split("/"), topic.split("/")
+    for index, part in enumerate(wanted):
+        if part == "#":
+            return True
+        if index >= len(levels) or (part != "+" and part != levels[index]):
+            return False
+    return len(wanted) == len(levels)
+
+
 class MqttBus:
     """EventBus over an MQTT 5 broker (``mqtt://host:port``, or ``mqtts://host:port`` for TLS).
 
@@ -152,10 +153,12 @@ class MqttBus:
     ``durable=True`` keeps the broker-side session (stable ``client_id``, no clean start, one hour
     expiry): events published while this process is down wait for it. ``durable=False`` starts
     clean, for tests and observers. ``max_inflight`` bounds the handlers running at once; beyond
-    it messages wait in the client's buffer and, unacked, in the broker.
+    it the bus stops reading the socket and messages wait, unacked, in the broker.
     ``username``/``password``: the broker login (none: anonymous). ``tls``: the context of an
     ``mqtts://`` connection (default: the system's trusted CAs, host name checked).
     """
+
+    durable_publish = True  # publish returns on the broker's PUBACK
 
     def __init__(
         self,
@@ -191,12 +194,14 @@ class MqttBus:
         self._drain_timeout = drain_timeout
         self._routes: dict[tuple[str, str], _Route] = {}
         self._observers: list[Handler] = []
-        self._client: MQTTClient | None = None
-        self._slots = asyncio.Semaphore(max_inflight)
+        self._client: MqttClient | None = None  # None: not started, or stopping
+        self._acks: MqttClient | None = None  # kept while stopping, for the handlers finishing
+        self._accepting = False  # new messages are handled (from connect until stop)
+        self._by_id: dict[int, _Route] = {}
         self._dead_prefix = wire_topic(app, DEAD_PREFIX)
-        self._active: list[_Route] = []
-        self._consumers: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
+        self._acked: dict[str, Counter] = {}  # by topic: label lookups cost more than the count
+        self._waiting: deque[tuple[_Route, Message]] = deque()  # read beyond max_inflight, not started
 
     # -- EventBus ---------------------------------------------------------------------------
 
@@ -204,9 +209,7 @@ class MqttBus:
         self._check_not_started("subscribe")
         route = self._routes.get((group, topic))
         if route is None:
-            route = self._routes[(group, topic)] = _Route(
-                shared_filter(self.app, group, topic), [], manual_ack=True
-            )
+            route = self._routes[(group, topic)] = _Route(shared_filter(self.app, group, topic), [])
         route.handlers.append(handler)
 
     def observe(self, handler: Handler) -> None:
@@ -216,52 +219,63 @@ class MqttBus:
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = MQTTClient(
+        routes = list(self._routes.values())
+        if self._observers:
+            routes.append(_Route(f"{self.app}/#", self._observers, observers=True))
+        # Known before connecting: a resumed session delivers what was queued for it at once,
+        # tagged with the identifiers of the previous run, which are the same (subscription_id).
+        self._by_id = {subscription_id(route.filter): route for route in routes}
+        client = MqttClient(
             self._host,
             self._port,
-            client_id=self.client_id,
-            version="5.0",
-            clean_session=not self.durable,
-            session_expiry_interval=SESSION_EXPIRY if self.durable else 0,
-            # A service keeps trying while the broker restarts; the supervisor decides when to give up.
-            reconnect=ReconnectConfig(initial_delay=0.2, max_delay=5.0, max_attempts=None),
-            mqtt_connect_timeout=10.0,
+            self.client_id,
+            on_message=self._on_message,
+            clean_start=not self.durable,
+            session_expiry=SESSION_EXPIRY if self.durable else 0,
             username=self.username,
             password=self._password,
             tls=self._tls,
         )
+        self._acks, self._accepting = client, True  # a resumed session delivers during connect
         try:
-            await asyncio.wait_for(client.connect(), self._connect_timeout)
-        except TimeoutError as exc:
-            # zmqtt retries a failed TLS handshake like any network error (and logs why).
-            hint = "; is its certificate trusted and issued for that host?" if self._tls else ""
-            raise ConnectionError(
-                f"MQTT broker {self.url} not reachable within {self._connect_timeout}s{hint}"
-            ) from exc
-        except MQTTConnectError as exc:
-            # zmqtt never retries a refused CONNECT: fail now, naming who was refused and why.
-            raise BrokerRefused(self.url, self.username, exc.return_code) from None
+            await self._connect(client)
+        except BaseException:
+            self._acks, self._accepting = None, False
+            raise
         self._client = client
-        routes = list(self._routes.values())
-        if self._observers:
-            # Manual ack here too: observers' messages then count against the broker's in-flight
-            # window like the others, which keeps the receive buffer from filling (see above).
-            routes.append(_Route(f"{self.app}/#", self._observers, manual_ack=True))
         try:
-            for route in routes:
-                self._active.append(route)
-                route.subscription = client.subscribe(
-                    route.filter,
-                    qos=QoS.AT_LEAST_ONCE,
-                    auto_ack=not route.manual_ack,
-                    receive_buffer_size=_RECEIVE_BUFFER,
-                    subscription_identifier=subscription_id(route.filter),
-                )
-                await route.subscription.start()
-                self._consumers.append(asyncio.create_task(self._consume(route), name=f"mqtt {route.filter}"))
+            for identifier, route in self._by_id.items():
+                await client.subscribe(route.filter, 1, identifier)
         except BaseException:
             await self.stop()
             raise
+
+    async def _connect(self, client: MqttClient) -> None:
+        # A broker still starting refuses the TCP connection: try again until connect_timeout.
+        # A refused login is final at once (trying again cannot fix it).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        attempt, failure = 0, ""
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await client.connect()
+                return
+            except ConnectRefused as exc:
+                raise BrokerRefused(self.url, self.username, exc.reason_code) from None
+            except ssl.SSLError as exc:
+                failure = f": {exc}"
+            except TimeoutError:
+                pass
+            except OSError as exc:
+                failure = f": {exc}"
+            if loop.time() >= deadline:
+                hint = "; is its certificate trusted and issued for that host?" if self._tls else ""
+                raise ConnectionError(
+                    f"MQTT broker {self.url} not reachable within {self._connect_timeout}s{failure}{hint}"
+                )
+            await asyncio.sleep(min(backoff_delay(attempt, 0.05, 1.0), max(0.0, deadline - loop.time())))
 
     async def leave(self, quiet: float = 0.5) -> None:
         """This replica is removed for good: unsubscribe its shared subscriptions, so the broker
@@ -270,19 +284,13 @@ class MqttBus:
         drain timeout). Without this, ending the session of a removed replica would drop the
         events queued for it. Call before :meth:`stop`."""
         client = self._client
-        protocol = client._protocol if client is not None else None  # zmqtt's protocol layer
-        if protocol is None:
+        if client is None:
             return
-        for route in self._active:
-            subscription = route.subscription
-            if subscription is None or route.handlers is self._observers:
-                continue
-            # UNSUBSCRIBE without zmqtt's Subscription.stop(), which would also stop routing the
-            # messages still on their way to this subscription.
-            filters = list(subscription._registered_filters)
+        filters = [route.filter for route in self._by_id.values() if not route.observers]
+        if filters:
             try:
-                await protocol.unsubscribe(filters)
-            except Exception as exc:  # the session ends anyway; what was queued may be redelivered
+                await client.unsubscribe(filters)
+            except (Rejected, ConnectionLost) as exc:  # the session ends anyway; queued may come again
                 log.warning("leaving: could not unsubscribe %s: %s", filters, exc)
             else:
                 log.info("leaving: unsubscribed %s", ", ".join(filters))
@@ -297,148 +305,135 @@ class MqttBus:
         client, self._client = self._client, None
         if client is None:
             return
-        consumers, self._consumers = self._consumers, []
-        for task in consumers:
-            task.cancel()
-        await asyncio.gather(*consumers, return_exceptions=True)
+        self._accepting = False
+        client.pause_reading()  # nothing new starts; what was read but not started stays unacked
+        self._waiting.clear()
         if self._handling:
             _, pending = await asyncio.wait(set(self._handling), timeout=self._drain_timeout)
             for task in pending:  # left unacked: the broker redelivers them
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        active, self._active = self._active, []
-        for route in active:
-            await self._detach(route)
-        with contextlib.suppress(Exception):
-            await client.disconnect()
+        self._acks = None
+        await client.disconnect()
 
-    async def publish(self, envelope: Envelope) -> None:
+    async def publish(self, envelope: Envelope, *, timeout: float | None = None) -> None:
         """Publish at QoS 1; returns once the broker acknowledged it. While the connection is
-        being restored, waits (up to ``publish_timeout``) and retries: at least once."""
+        being restored, waits (up to ``timeout``, default ``publish_timeout``) and sends again:
+        at least once."""
         client = self._client
         if client is None:
             raise RuntimeError(f"event bus is stopped; cannot publish {envelope.topic!r}")
         payload = envelope.body()
         topic = wire_topic(self.app, envelope.topic)
         properties = encode_properties(envelope)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._publish_timeout
-        retry = False
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    if retry:  # let zmqtt's run loop notice the loss before we look again
-                        await asyncio.sleep(_RECONNECT_POLL)
-                    await self._wait_connected(client)
-                    if topic.startswith(self._dead_prefix):
-                        await _publish_unchecked(client, topic, payload, properties)
-                    else:
-                        await client.publish(topic, payload, qos=QoS.AT_LEAST_ONCE, properties=properties)
-            except MQTTPublishError as exc:
-                raise PublishRefused(self.url, self.username, topic, exc.reason_code) from None
-            except (MQTTDisconnectedError, ConnectionError):
-                if self._client is not client:
-                    raise
-                retry = True  # the connection dropped before PUBACK: wait for the reconnect, send again
-                continue
-            except TimeoutError as exc:
-                raise TimeoutError(
-                    f"publishing {topic!r}: no broker acknowledgement within {self._publish_timeout}s"
-                ) from exc
-            self.stats.published += 1
-            return
+        limit = self._publish_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    if not client.connected:
+                        await client.wait_connected()
+                    try:
+                        await client.publish(topic, payload, properties)
+                        break
+                    except ConnectionLost:
+                        if self._client is not client:
+                            raise
+                        # Dropped before the PUBACK: send again once reconnected.
+        except Rejected as exc:
+            raise PublishRefused(self.url, self.username, topic, exc.reason_code) from None
+        except TimeoutError as exc:
+            raise TimeoutError(f"publishing {topic!r}: no broker acknowledgement within {limit}s") from exc
+        self.stats.published += 1
 
     # -- internals --------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         client = self._client
-        if client is None:
-            return False
-        try:
-            client.connection_info  # noqa: B018 - raises while disconnected
-        except MQTTDisconnectedError:
-            return False
-        return True
-
-    async def _wait_connected(self, client: MQTTClient) -> None:
-        # zmqtt offers no "reconnected" signal; poll its handshake snapshot.
-        while self._client is client and not self.connected:
-            await asyncio.sleep(_RECONNECT_POLL)
+        return client is not None and client.connected
 
     def _check_not_started(self, what: str) -> None:
         if self._client is not None:
             raise RuntimeError(f"MqttBus.{what}() must be called before start()")
 
-    async def _consume(self, route: _Route) -> None:
-        assert route.subscription is not None
-        while True:
-            await self._slots.acquire()  # bounded concurrency; the buffer and the broker hold the rest
-            try:
-                message = await route.subscription.get_message()
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            except Exception:
-                self._slots.release()
-                log.exception("MQTT subscription %s stopped", route.filter)
-                return
-            self.stats.received += 1
-            task = asyncio.create_task(self._handle(route, message))
-            self._handling.add(task)
-            task.add_done_callback(self._handling.discard)
+    def _route_of(self, message: Message) -> _Route | None:
+        for identifier in message.subscription_ids:
+            route = self._by_id.get(identifier)
+            if route is not None:
+                return route
+        # A broker that does not send subscription identifiers: match the filters.
+        for route in self._by_id.values():
+            if filter_matches(route.filter, message.topic):
+                return route
+        return None
 
-    async def _handle(self, route: _Route, message: MqttMessage) -> None:
-        try:
-            envelope = decode_message(self.app, message)
-            handlers = route.handlers
-            if len(handlers) == 1:  # the common case; skips gather's extra tasks
-                results: list[BaseException | None] = []
-                try:
-                    await handlers[0](envelope)
-                except Exception as exc:
-                    results.append(exc)
-            else:
-                results = await asyncio.gather(*(h(envelope) for h in handlers), return_exceptions=True)
-            failures = [result for result in results if isinstance(result, Exception)]
-            for failure in failures:
-                self.stats.failed += 1
-                log.error("event handler failed on %s", message.topic, exc_info=failure)
-            if failures and route.handlers is not self._observers:
-                # Not acknowledged: the broker delivers it again when this session resumes.
-                return
-            try:
-                await message.ack()
-            except (MQTTError, OSError):
-                # Connection lost meanwhile: a durable session gets the message again.
-                self.stats.failed += 1
-                log.warning("could not acknowledge %s; the broker will redeliver it", message.topic)
-            else:
-                self.stats.acked += 1
-                if route.manual_ack and route.handlers is not self._observers:
-                    EVENTS_ACKED.labels(envelope.topic).inc()
-        finally:
-            self._slots.release()
-
-    async def _detach(self, route: _Route) -> None:
-        subscription, route.subscription = route.subscription, None
-        if subscription is None:
+    def _on_message(self, message: Message) -> None:
+        # Called by the client as each PUBLISH is read: no queue between the socket and here.
+        if not self._accepting:
+            return  # stopping: left unacknowledged, the broker delivers it again
+        self.stats.received += 1
+        route = self._route_of(message)
+        if route is None:
+            # Queued for a subscription this code no longer has (its shape changed): nobody here
+            # handles it, and left unacknowledged it would hold a slot of the broker's window.
+            log.warning(
+                "no handler here for %s (subscriptions %s): acknowledged",
+                message.topic,
+                message.subscription_ids,
+            )
+            if self._acks is not None:
+                self._acks.ack(message)
             return
-        # Detach, not unsubscribe: a durable session must keep its broker-side subscriptions so
-        # events published while we are down are queued for us.
-        with contextlib.suppress(Exception):
-            await subscription.detach()
+        if len(self._handling) >= self._max_inflight:
+            self._waiting.append((route, message))
+            if self._acks is not None:
+                self._acks.pause_reading()
+            return
+        self._start(route, message)
 
+    def _start(self, route: _Route, message: Message) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(route, message))
+        self._handling.add(task)
+        task.add_done_callback(self._handled)
 
-async def _publish_unchecked(
-    client: MQTTClient, topic: str, payload: bytes, properties: PublishProperties
-) -> None:
-    """QoS 1 publish of a topic with ``$`` past its first level, valid MQTT that zmqtt's
-    ``publish`` refuses. Uses zmqtt's protocol layer, the step its ``publish`` ends with."""
-    protocol = client._protocol
-    if protocol is None:
-        raise MQTTDisconnectedError("Not connected")
-    packet = Publish(
-        topic=topic, payload=payload, qos=QoS.AT_LEAST_ONCE, retain=False, dup=False, properties=properties
-    )
-    await protocol.publish(packet)
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self._handling.discard(task)
+        while self._waiting and len(self._handling) < self._max_inflight:
+            self._start(*self._waiting.popleft())
+        if not self._waiting and self._accepting and self._acks is not None:
+            self._acks.resume_reading()
+
+    async def _handle(self, route: _Route, message: Message) -> None:
+        envelope = decode_message(self.app, message)
+        handlers = route.handlers
+        if len(handlers) == 1:  # the common case; skips gather's extra tasks
+            results: list[BaseException | None] = []
+            try:
+                await handlers[0](envelope)
+            except Exception as exc:
+                results.append(exc)
+        else:
+            results = await asyncio.gather(*(h(envelope) for h in handlers), return_exceptions=True)
+        failures = [result for result in results if isinstance(result, Exception)]
+        for failure in failures:
+            self.stats.failed += 1
+            log.error("event handler failed on %s", message.topic, exc_info=failure)
+        if failures and not route.observers:
+            # Not acknowledged: the broker delivers it again when this session resumes.
+            return
+        client = self._acks
+        try:
+            acked = client is not None and client.ack(message)
+        except ConnectionLost:
+            acked = False
+        if not acked:
+            # Connection lost meanwhile: a durable session gets the message again.
+            self.stats.failed += 1
+            log.warning("could not acknowledge %s; the broker will redeliver it", message.topic)
+            return
+        self.stats.acked += 1
+        if not route.observers:
+            counter = self._acked.get(envelope.topic)
+            if counter is None:
+                counter = self._acked[envelope.topic] = EVENTS_ACKED.labels(envelope.topic)
+            counter.inc()
