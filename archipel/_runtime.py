@@ -31,6 +31,7 @@ from ._state import (
     OutboxRecord,
     OutboxRelay,
     Store,
+    current_work,
     open_store,
     stage_event,
 )
@@ -43,6 +44,7 @@ log = logging.getLogger("archipel.runtime")
 WINDOW_VAR = "ARCHIPEL_REDELIVERY_WINDOW"  # seconds a failing handler is retried before its dead letter
 DATA_DIR_VAR = "ARCHIPEL_DATA_DIR"  # where the services' SQLite stores live
 INBOX_RETENTION = 7 * 24 * 3600.0
+DIRECT_PUBLISH_TIMEOUT = 2.0  # seconds an emit waits for the broker before using the outbox
 STORE_URL_VAR = "ARCHIPEL_STORE_URL"  # postgresql://... to keep every service's state there instead
 
 
@@ -83,11 +85,13 @@ class Runtime:
         self.stores: dict[str, Store] = {}
         self._relays: list[OutboxRelay] = []
         self._stateful = {name for name in self.local if _declares_state(app.specs[name].cls)}
+        # What a handler can do that the inbox makes happen once: write state, emit events.
+        self._has_effects = {name for name in self.local if name in self._stateful or app.specs[name].emits}
         policies = default_interceptors(app) if interceptors is None else interceptors
         self.interceptors: list[Interceptor] = [
             *policies,
             UnitOfWorkInterceptor(self.stores.get, self._stateful.__contains__),
-            InboxInterceptor(self.stores.get),
+            InboxInterceptor(self.stores.get, self._has_effects.__contains__),
         ]
         window = redelivery_window if redelivery_window is not None else _window_from_env()
         self.dispatcher = Dispatcher(
@@ -179,6 +183,18 @@ class Runtime:
             return
         await dispatch(dataclasses.replace(envelope, topic=topic))
 
+    async def _published_directly(self, envelope: Envelope) -> bool:
+        """Publish now if the broker takes it promptly; False (nothing lost) sends it through the
+        outbox instead: the broker is away, slow, or refused it (the relay retries and logs)."""
+        if not self.bus.connected:
+            return False
+        try:
+            await self.bus.publish(envelope, timeout=DIRECT_PUBLISH_TIMEOUT)
+        except Exception as exc:  # TimeoutError included: maybe published; the outbox may send it again
+            log.debug("publishing %s directly failed (%r): through the outbox", envelope.id, exc)
+            return False
+        return True
+
     async def _record_dead(self, envelope: Envelope, letter: DeadLetter) -> None:
         store = self.stores.get(letter.handler.split(".")[0])
         if store is not None:
@@ -213,6 +229,11 @@ class Runtime:
     def _emitter(self, service: str, store: Store) -> Callable[[Event], Awaitable[None]]:
         source = f"/{self.app.name}/{service}"
         declared = set(self.app.specs[service].emits)
+        # No unit of work to be atomic with, and a broker that acknowledges: the broker keeps
+        # the event as surely as the outbox would, for one network round trip instead of two
+        # database writes (insert, then delete once published).
+        direct = getattr(self.bus, "durable_publish", False)
+        published: dict[str, Any] = {}  # by topic: the metric's label lookup, once
 
         async def emit(event: Event) -> None:
             topic = getattr(type(event), "__topic__", "")
@@ -231,10 +252,14 @@ class Runtime:
                 traceparent=_context.child_traceparent(),
                 event=event,
             )
-            # Into the outbox: with the current unit of work (the RPC or handler that emits it), or
-            # committed at once; the relay publishes it after the commit.
-            await stage_event(store, OutboxRecord.from_envelope(envelope))
-            EVENTS_PUBLISHED.labels(topic).inc()
+            if not (direct and current_work(store) is None and await self._published_directly(envelope)):
+                # Into the outbox: with the current unit of work (the RPC or handler that emits
+                # it), or committed at once; the relay publishes it after the commit.
+                await stage_event(store, OutboxRecord.from_envelope(envelope))
+            counter = published.get(topic)
+            if counter is None:
+                counter = published[topic] = EVENTS_PUBLISHED.labels(topic)
+            counter.inc()
 
         return emit
 

@@ -7,7 +7,10 @@ The JSON result goes to ``--out`` (default ``benchmarks/results/events.json``).
 Systems (publisher and consumer are two processes, `benchmarks/peers/events/`):
 
 - archipel: a service's ``emit`` -> an ``@on`` handler of a service in another process, each
-  process a ``Runtime`` with an ``MqttBus`` (outbox, relay, dispatcher, ack after the handler);
+  process a ``Runtime`` with an ``MqttBus`` (dispatcher, ack after the handler); stateless
+  services, so the emit is published at once and the handler has no inbox;
+- archipel-outbox: the same with stateful services: the emit commits to the outbox in a unit of
+  work and the relay publishes it; the handler runs with its inbox (what the guarantees cost);
 - gmqtt, zmqtt: the raw clients (gmqtt acks after its handler: ``optimistic_acknowledgement=False``);
 - faststream: FastStream's ``MQTTBroker`` publisher -> ``@broker.subscriber`` at QoS 1;
 - moleculer: ``broker.emit`` over the MQTT transporter (QoS 1, MQTT 5) -> another node's handler.
@@ -48,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers" / "events"
 MOLECULER = PEERS / "moleculer"
-SYSTEMS = ("archipel", "gmqtt", "zmqtt", "faststream", "moleculer")
+SYSTEMS = ("archipel", "archipel-outbox", "gmqtt", "zmqtt", "faststream", "moleculer")
 BROKERS = ("embedded", "mosquitto", "rumqttd")
 RAW = ("gmqtt", "zmqtt")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -188,7 +191,7 @@ def peer_command(system: str, role: str, url: str, broker: str, options: dict[st
         topic,
         *flags,
     ]
-    if system == "archipel" and broker != "rumqttd":
+    if system.startswith("archipel") and broker != "rumqttd":
         command.append("--durable")  # the supervisor's choice: durable sessions except on rumqttd
     return command
 
@@ -295,7 +298,11 @@ def system_unavailable(system: str, npm_timeout: float) -> str | None:
             if result.returncode != 0:
                 return f"npm ci failed ({result.returncode}): {result.stderr.strip()[-500:]}"
         return None
-    module = {"archipel": "archipel._events.mqtt", "faststream": "faststream.mqtt"}.get(system, system)
+    module = {
+        "archipel": "archipel._events.mqtt",
+        "archipel-outbox": "archipel._events.mqtt",
+        "faststream": "faststream.mqtt",
+    }.get(system, system)
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     if result.returncode != 0:
         return result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"import {module} failed"
@@ -414,6 +421,10 @@ def print_table(rows: list[Row], brokers: list[str]) -> None:
         tput = ratio(archipel.throughput if archipel else None, faststream.throughput if faststream else None)
         print(f"[{broker}] archipel CPU per message vs fastest raw client ({against}): {cpu} (target <= 2x)")
         print(f"[{broker}] archipel throughput vs faststream: {tput} (target >= 2x)")
+        outbox = by.get(("archipel-outbox", broker))
+        if outbox and archipel:
+            cost = ratio(outbox.cpu_s_per_1000, archipel.cpu_s_per_1000)
+            print(f"[{broker}] archipel with outbox and inbox vs without, CPU per message: {cost}")
 
 
 def main() -> None:

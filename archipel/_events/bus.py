@@ -51,7 +51,14 @@ Handler = Callable[[Envelope], Awaitable[None]]
 
 
 class EventBus(Protocol):
-    """What the runtime needs from an event transport."""
+    """What the runtime needs from an event transport.
+
+    ``durable_publish``: ``publish`` returns only once the event is kept by something that
+    outlives this process (a broker's acknowledgement), so an emit outside any unit of work may
+    publish directly instead of going through the outbox.
+    """
+
+    durable_publish: bool
 
     def subscribe(self, group: str, topic: str, handler: Handler) -> None:
         """Deliver each event on ``topic`` to ``handler`` once per ``group`` (a service name):
@@ -71,8 +78,9 @@ class EventBus(Protocol):
         """This process is removed for good (scale-down, rollout): hand its share of future
         events to the other replicas and handle what it was already given. Before ``stop``."""
 
-    async def publish(self, envelope: Envelope) -> None:
-        """Hand the event over; returns once the transport has accepted it."""
+    async def publish(self, envelope: Envelope, *, timeout: float | None = None) -> None:
+        """Hand the event over; returns once the transport has accepted it, or raises
+        TimeoutError after ``timeout`` seconds (default: the bus's own)."""
 
     @property
     def connected(self) -> bool:
@@ -83,6 +91,8 @@ class LocalBus:
     """In-process bus of a monolith: each handler runs as a task; ``publish`` (called by the
     outbox relay) returns when they are done. Events from the outbox arrive as JSON and are
     decoded once per handler, as off the wire."""
+
+    durable_publish = False  # publish runs the handlers: the outbox row is what keeps the event
 
     def __init__(self) -> None:
         self._routes: dict[str, dict[str, list[Handler]]] = defaultdict(lambda: defaultdict(list))
@@ -115,10 +125,11 @@ class LocalBus:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def publish(self, envelope: Envelope) -> None:
+    async def publish(self, envelope: Envelope, *, timeout: float | None = None) -> None:
         """Run every handler of the event and return when they are done: nothing but the outbox
-        row the relay deletes after this returns keeps the event, so it must not return earlier.
-        Emitters do not wait for this: they return once the event is in their outbox."""
+        row the relay deletes after this returns keeps the event, so it must not return earlier
+        (``timeout`` is not applied: handlers take the time they take). Emitters do not wait for
+        this: they return once the event is in their outbox."""
         if not self._running:
             raise RuntimeError(f"event bus is stopped; cannot publish {envelope.topic!r}")
         handlers = [h for group in self._routes.get(envelope.topic, {}).values() for h in group]

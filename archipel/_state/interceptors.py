@@ -9,7 +9,9 @@ around event handlers.
   a served call keeps. Stateless services stay plain method calls.
 - ``event``: an event id the handler's inbox already holds is skipped (counted as a duplicate);
   otherwise the handler runs in a unit of work that also marks the id, so its effects and the
-  mark commit together: at-least-once delivery, exactly-once effects.
+  mark commit together: at-least-once delivery, exactly-once effects. A service with neither
+  collections nor declared events has no such effects, and no inbox: its handlers cost no
+  database write, and a redelivery runs them again (at-least-once, as ``@on`` promises).
 """
 
 from __future__ import annotations
@@ -47,11 +49,15 @@ class UnitOfWorkInterceptor:
 
 
 class InboxInterceptor:
-    def __init__(self, store_of: StoreOf) -> None:
+    """``has_effects(service)``: the service declares collections or events, so what its handlers
+    do can be committed once with the inbox mark."""
+
+    def __init__(self, store_of: StoreOf, has_effects: Callable[[str], bool]) -> None:
         self._store_of = store_of
+        self._has_effects = has_effects
 
     def wants(self, site: Site) -> bool:
-        return site.kind == "event"
+        return site.kind == "event" and self._has_effects(site.service)
 
     async def __call__(self, invocation: Invocation, call_next: Next) -> Any:
         envelope = invocation.envelope

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from archipel import Event, Service, on
+from archipel import Event, Service, collection, on
 
 
 class BenchEvent(Event, topic="bench/placed"):
@@ -24,6 +24,22 @@ HIT: list[Callable[[int, float, int], None]] = []  # the consumer's counter, set
 
 
 class Sink(Service):
+    @on(BenchEvent)
+    async def got(self, event: BenchEvent) -> None:
+        HIT[0](event.seq, event.t, event.w)
+
+
+# The same pair with state: the emitter emits inside a unit of work (the event commits to its
+# outbox with the state, and the relay publishes it), the sink's handler runs with its inbox.
+
+
+class Ledger(Service, emits=[BenchEvent]):
+    entries = collection("entries", int)
+
+
+class LedgerSink(Service):
+    entries = collection("entries", int)
+
     @on(BenchEvent)
     async def got(self, event: BenchEvent) -> None:
         HIT[0](event.seq, event.t, event.w)

@@ -3,7 +3,10 @@
     python benchmarks/peers/events/py_peer.py SYSTEM ROLE --url mqtt://127.0.0.1:1883 --topic T ...
 
 SYSTEM is ``archipel`` (a service's ``emit`` -> another process's ``@on`` handler, each through
-``Runtime`` + ``MqttBus``), ``gmqtt`` or ``zmqtt`` (raw clients), ``faststream`` (its MQTT broker).
+``Runtime`` + ``MqttBus``; stateless services: the emit is published at once, the handler has no
+inbox), ``archipel-outbox`` (the same with state: the emit commits to the outbox inside a unit of
+work and the relay publishes it; the handler runs with its inbox),
+``gmqtt`` or ``zmqtt`` (raw clients), ``faststream`` (its MQTT broker).
 The protocol with ``benchmarks/events.py`` (the Node peer speaks it too):
 
 - both sides print ``ready`` once connected (the consumer: subscribed);
@@ -130,24 +133,33 @@ async def archipel_side(args: argparse.Namespace, counter: Counter | None) -> tu
     from archipel._runtime import Runtime
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from archipel_app import HIT, BenchEvent, Emitter, Sink
+    from archipel_app import HIT, BenchEvent, Emitter, Ledger, LedgerSink, Sink
+
+    from archipel._state import unit_of_work
 
     if counter is not None:
         HIT.append(counter.hit)
-    app = App(args.topic, [Emitter, Sink])
-    local = "sink" if counter is not None else "emitter"
+    stateful = args.system == "archipel-outbox"
+    app = App(args.topic, [Ledger, LedgerSink] if stateful else [Emitter, Sink])
+    names = ("ledger", "ledgersink") if stateful else ("emitter", "sink")
+    local = names[1] if counter is not None else names[0]
     bus = MqttBus(args.url, app.name, f"{app.name}-{local}-{uuid.uuid4().hex[:6]}", durable=args.durable)
     data = Path(tempfile.mkdtemp(prefix="archipel-bench-events-"))
     runtime = Runtime(app, [local], bus, data_dir=data, instance=f"bench-{local}")
     await runtime.start()
     if counter is not None:
         return runtime, None
-    emitter = runtime.instances["emitter"]
+    emitter = runtime.instances[local]
+    store = runtime.stores[local]
 
     async def send(seq: int, t: float, warm: int) -> None:
         await emitter.emit(BenchEvent(seq, t, warm, ORDER_ID, EMAIL, NOTE))
 
-    return runtime, send
+    async def send_with_state(seq: int, t: float, warm: int) -> None:
+        async with unit_of_work(store):  # as a served call of a stateful service does
+            await emitter.emit(BenchEvent(seq, t, warm, ORDER_ID, EMAIL, NOTE))
+
+    return runtime, send_with_state if stateful else send
 
 
 async def gmqtt_side(args: argparse.Namespace, counter: Counter | None) -> tuple[Any, Send | None]:
@@ -245,8 +257,14 @@ async def faststream_side(args: argparse.Namespace, counter: Counter | None) -> 
 
 
 # archipel's emit returns once the event is committed to the outbox (the relay publishes it).
-INLINE = {"archipel"}
-SYSTEMS = {"archipel": archipel_side, "gmqtt": gmqtt_side, "zmqtt": zmqtt_side, "faststream": faststream_side}
+INLINE = {"archipel", "archipel-outbox"}
+SYSTEMS = {
+    "archipel": archipel_side,
+    "archipel-outbox": archipel_side,
+    "gmqtt": gmqtt_side,
+    "zmqtt": zmqtt_side,
+    "faststream": faststream_side,
+}
 
 
 class _Stop:
