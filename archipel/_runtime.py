@@ -21,7 +21,7 @@ from . import _context
 from ._app import App
 from ._chain import Interceptor, Invocation, Next, Site, compose, wanted
 from ._errors import DefinitionError
-from ._events.bus import Envelope, EventBus
+from ._events.bus import Envelope, EventBus, LocalBus
 from ._events.dispatch import REDELIVERY_WINDOW, DeadLetter, Dispatcher
 from ._model import Event, MethodSpec, Service, ServiceSpec
 from ._proxy import make_proxy
@@ -38,6 +38,7 @@ from ._state import (
 from ._state.interceptors import InboxInterceptor, UnitOfWorkInterceptor
 from ._state.records import parse_replay_topic
 from ._telemetry.metrics import EVENTS_PUBLISHED
+from ._telemetry.tracing import process_tracing, publish_span, with_spans
 
 log = logging.getLogger("archipel.runtime")
 
@@ -88,8 +89,10 @@ class Runtime:
         # What a handler can do that the inbox makes happen once: write state, emit events.
         self._has_effects = {name for name in self.local if name in self._stateful or app.specs[name].emits}
         policies = default_interceptors(app) if interceptors is None else interceptors
+        self.tracing = process_tracing(app.name, self.instance)  # None: OTEL_SDK_DISABLED
+        self._messaging = "archipel" if isinstance(bus, LocalBus) else "mqtt"  # spans' messaging.system
         self.interceptors: list[Interceptor] = [
-            *policies,
+            *with_spans(policies, self.tracing, self._messaging),
             UnitOfWorkInterceptor(self.stores.get, self._stateful.__contains__),
             InboxInterceptor(self.stores.get, self._has_effects.__contains__),
         ]
@@ -245,17 +248,27 @@ class Runtime:
                     f"{cls} emits {type(event).__name__} without declaring it: "
                     f"class {cls}(Service, emits=[{type(event).__name__}]) (the broker would refuse it)"
                 )
+            tracing = self.tracing
+            span = None if tracing is None else publish_span(tracing, service, topic, self._messaging)
             envelope = Envelope(
                 topic=topic,
                 type=type(event).__name__,
                 source=source,
-                traceparent=_context.child_traceparent(),
+                traceparent=_context.child_traceparent() if span is None else span.traceparent,
                 event=event,
             )
-            if not (direct and current_work(store) is None and await self._published_directly(envelope)):
-                # Into the outbox: with the current unit of work (the RPC or handler that emits
-                # it), or committed at once; the relay publishes it after the commit.
-                await stage_event(store, OutboxRecord.from_envelope(envelope))
+            try:
+                if not (direct and current_work(store) is None and await self._published_directly(envelope)):
+                    # Into the outbox: with the current unit of work (the RPC or handler that emits
+                    # it), or committed at once; the relay publishes it after the commit.
+                    await stage_event(store, OutboxRecord.from_envelope(envelope))
+            except BaseException as exc:
+                if span is not None:
+                    span.fail(type(exc).__name__, str(exc))
+                raise
+            if span is not None:
+                span.attributes["messaging.message.id"] = envelope.id
+                span.end()
             counter = published.get(topic)
             if counter is None:
                 counter = published[topic] = EVENTS_PUBLISHED.labels(topic)

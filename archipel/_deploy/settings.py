@@ -13,7 +13,7 @@
     storefront = ["frontend", "catalog"]
     [replicas]                    # processes per group or service
     checkout = 2
-    open_endpoints = ["metrics"]  # served without a credential: metrics, openapi, asyncapi (default none)
+    open_endpoints = ["metrics"]  # served without a credential: metrics, openapi, asyncapi, traces
     authenticate = true           # false serves internal methods to anyone: development only
     [tls]                         # HTTPS between processes (and mqtts:// with the embedded broker)
     cert = "certs/server.pem"
@@ -50,7 +50,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     replicas: dict[str, int] = msgspec.field(default_factory=dict)
     # resilience policies, checked against the app by archipel._resilience.policies
     policies: dict[str, Any] = msgspec.field(default_factory=dict)
-    open_endpoints: list[Literal["metrics", "openapi", "asyncapi"]] = msgspec.field(default_factory=list)
+    open_endpoints: list[Literal["metrics", "openapi", "asyncapi", "traces"]] = msgspec.field(
+        default_factory=list
+    )
     authenticate: bool = True
     tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
     source: str | None = None  # the file the settings came from

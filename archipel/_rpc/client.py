@@ -152,7 +152,8 @@ class HttpTransport:
         invocation.endpoint = base
         headers = {
             "content-type": "application/json",
-            _context.TRACEPARENT: _context.child_traceparent(),
+            # The client span's context when tracing made one (the server's span is its child).
+            _context.TRACEPARENT: invocation.notes.get(_context.TRACEPARENT) or _context.child_traceparent(),
             _context.TIMEOUT_HEADER: str(max(1, int(timeout * 1000))),
         }
         if self._signer is not None:

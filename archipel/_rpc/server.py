@@ -7,8 +7,8 @@ What is open to whom (docs/security.md):
 - internal methods: only callers with a valid credential for that service (``_security``),
   checked before the body is read; a server built with ``internal=False`` (a monolith) does not
   serve them at all;
-- ``/metrics``, ``/openapi.json`` and ``/asyncapi.json``: the scrape token or an operator
-  credential, unless opened;
+- ``/metrics``, ``/openapi.json``, ``/asyncapi.json`` and ``/traces`` (this process's recent
+  spans, ``_telemetry.tracing``): the scrape token or an operator credential, unless opened;
 - ``/healthz`` and ``/readyz``: anyone (orchestrators' probes).
 
 Written against raw ASGI with msgspec, because the internal RPC endpoint is on every hop's
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import time
 import uuid
@@ -36,6 +37,7 @@ from .._model import MethodSpec
 from .._runtime import Runtime
 from .._security.tokens import Verifier
 from .._telemetry.metrics import REGISTRY, RPC_REQUESTS
+from .._telemetry.tracing import traced_public
 from .openapi import openapi_document
 
 log = logging.getLogger("archipel.http")
@@ -47,7 +49,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1 << 20
-OBSERVABLE = ("metrics", "openapi", "asyncapi")  # endpoints that can be opened to anyone (``open_endpoints``)
+# Endpoints that can be opened to anyone (``open_endpoints``).
+OBSERVABLE = ("metrics", "openapi", "asyncapi", "traces")
 _JSON = [(b"content-type", b"application/json")]
 _CHALLENGE = [*_JSON, (b"www-authenticate", b'Bearer realm="archipel"')]
 _ALLOW_POST = [*_JSON, (b"allow", b"POST")]
@@ -151,6 +154,8 @@ class RpcServer:
                 + ", ".join(name for name, _ in publics)
             )
         self._public = publics[0][1] if publics else None
+        if self._public is not None and self.runtime.tracing is not None:
+            self._public = traced_public(self._public, publics[0][0], self.runtime.tracing)
 
     async def stop(self) -> None:
         await self.runtime.stop(leave=self.leaving)
@@ -188,14 +193,17 @@ class RpcServer:
         endpoint = self._endpoints.get(path)
         if endpoint is not None and method == "POST":
             await self._rpc(endpoint, scope, receive, send)
-        elif method == "GET" and path in _PROBES:
+        elif method == "GET" and (path in _PROBES or path == _TRACES):
             if path in self._guarded and self.verifier is not None:
                 try:
                     self.verifier.observer(dict(scope["headers"]).get(b"authorization"))
                 except Unauthenticated as exc:
                     await _error(send, 401, ErrorBody(exc.kind, exc.message), _CHALLENGE)
                     return
-            await _PROBES[path](self, send)
+            if path == _TRACES:  # the only one that reads a query
+                await self._traces(scope, send)
+            else:
+                await _PROBES[path](self, send)
         elif self._is_rpc_path(path):
             await self._rpc_miss(path, method, send)
         elif self._public is not None:
@@ -225,7 +233,8 @@ class RpcServer:
     async def _rpc(self, endpoint: _Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         spec = endpoint.spec
         headers = dict(scope["headers"])
-        _context.set_traceparent(headers.get(b"traceparent", b"").decode("latin-1") or None)
+        incoming = headers.get(b"traceparent", b"").decode("latin-1") or None
+        _context.set_traceparent(incoming)
         status_headers = _JSON
         try:
             try:
@@ -233,7 +242,8 @@ class RpcServer:
                     # Before the body is read: a caller without a credential costs no more than this.
                     self.verifier.caller(headers.get(b"authorization"), spec.service)
                 body = await self._read_body(headers, receive)
-                invocation = Invocation(endpoint.site, self._decode(endpoint, body))
+                # The incoming traceparent as sent: tracing's server span is its child, or a root.
+                invocation = Invocation(endpoint.site, self._decode(endpoint, body), notes={_TP: incoming})
                 timeout = headers.get(_TIMEOUT)
                 if timeout is not None:
                     invocation.deadline = time.monotonic() + _timeout_seconds(timeout)
@@ -328,6 +338,15 @@ class RpcServer:
             self._asyncapi = msgspec.json.encode(process_document(self.runtime, self.version))
         await _respond(send, 200, self._asyncapi)
 
+    async def _traces(self, scope: Scope, send: Send) -> None:
+        tracing = self.runtime.tracing
+        if tracing is None:  # OTEL_SDK_DISABLED: no ring, nothing kept
+            body = msgspec.json.encode({"process": os.environ.get("ARCHIPEL_PROCESS", "main"), "spans": []})
+            await _respond(send, 200, body)
+            return
+        status, body = tracing.traces(scope.get("query_string", b""))
+        await _respond(send, status, body)
+
     async def _metrics(self, send: Send) -> None:
         headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -348,7 +367,14 @@ def _closing(send: Send) -> Send:
 
 
 _TIMEOUT = _context.TIMEOUT_HEADER.encode()
-_OBSERVABLE_PATHS = {"metrics": "/metrics", "openapi": "/openapi.json", "asyncapi": "/asyncapi.json"}
+_TRACES = "/traces"
+_TP = _context.TRACEPARENT
+_OBSERVABLE_PATHS = {
+    "metrics": "/metrics",
+    "openapi": "/openapi.json",
+    "asyncapi": "/asyncapi.json",
+    "traces": _TRACES,
+}
 _PROBES: dict[str, Callable[[RpcServer, Send], Awaitable[None]]] = {
     "/healthz": RpcServer._healthz,
     "/readyz": RpcServer._readyz,
