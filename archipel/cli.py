@@ -74,6 +74,11 @@ def run(
     config: Annotated[Path | None, typer.Option(help="archipel.toml or pyproject.toml")] = None,
     state_dir: StateDir = Path(".archipel"),
     quiet: Annotated[bool, typer.Option(help="do not echo the processes' output")] = False,
+    dashboard: Annotated[bool, typer.Option(help="serve the live dashboard on 127.0.0.1")] = True,
+    dashboard_port: Annotated[int, typer.Option(help="the dashboard's port; 0 picks a free one")] = 0,
+    dashboard_controls: Annotated[
+        bool, typer.Option(help="let the dashboard stop, pause and resume processes")
+    ] = False,
 ) -> None:
     """Start every process of APP, wait until each is ready, and stop them all on Ctrl-C,
     SIGTERM or SIGHUP."""
@@ -101,6 +106,8 @@ def run(
             state_file=state_dir / STATE_FILE,
             control_socket=state_dir / CONTROL_SOCKET,
             env=TlsFiles(settings.tls.cert, settings.tls.key, settings.tls.ca).env(),
+            dashboard_port=dashboard_port if dashboard else None,
+            dashboard_controls=dashboard_controls,
         )
     except (DefinitionError, ValueError) as exc:
         _fail(str(exc))
@@ -172,6 +179,8 @@ def _print_table(supervisor: Supervisor) -> None:
             f"internal methods need a credential (secret from {supervisor.secret_source}): "
             "`archipel token SERVICE` for curl, `archipel call SERVICE.METHOD '{...}'`"
         )
+    if supervisor.dashboard is not None:
+        console.print(f"dashboard: [bold]{supervisor.dashboard.url}[/]")
     console.print("ready (Ctrl-C stops everything)", style="green")
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -56,6 +56,9 @@ from .scaling import ChangeRefused, Changes
 from .startup import check_ports, check_state_file, planned_ports
 from .statefile import process_start, read_state, write_state
 from .version import SHAPE_VAR, app_shape, code_version
+
+if TYPE_CHECKING:
+    from .._dashboard import Dashboard
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -108,6 +111,8 @@ class Supervisor:
         probe_interval_peers: float = 1.0,
         version: str = "",
         control_socket: Path | None = None,
+        dashboard_port: int | None = None,
+        dashboard_controls: bool = False,
     ) -> None:
         """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
         and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
@@ -146,6 +151,9 @@ class Supervisor:
         self.changes = Changes(self)  # rollouts and scaling, one at a time
         self._control_path = control_socket  # where `archipel rollout` and `archipel scale` connect
         self._control: asyncio.AbstractServer | None = None
+        # The live dashboard on 127.0.0.1 (None: not served); its controls only when asked for.
+        self._dashboard_port, self._dashboard_controls = dashboard_port, dashboard_controls
+        self.dashboard: Dashboard | None = None
         # What every replica runs: the same plan the Compose and Kubernetes generators write out.
         self.plan = DeploymentPlan(
             app_ref=app_ref,
@@ -286,11 +294,25 @@ class Supervisor:
         self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         if self.broker_url is not None and self.mode == "microservices":
             self._watchers.append(asyncio.create_task(self._broker.watch()))
+        if self._dashboard_port is not None:  # before the state file: it names the dashboard
+            await self._serve_dashboard(self._dashboard_port)
         self._published = True
         self._broker.save()
         self._changed()
         if self._control_path is not None:
             self._control = await serve_control(self._control_path, self._command)
+
+    async def _serve_dashboard(self, port: int) -> None:
+        from .._dashboard import Dashboard  # only when served: it brings the web server
+
+        self.dashboard = Dashboard(self, port=port, controls=self._dashboard_controls)
+        try:
+            await self.dashboard.start()
+        except OSError as exc:
+            await self.stop()  # the dashboard's half-open parts too
+            raise StartupError(
+                f"the dashboard cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+            ) from None
 
     async def _command(self, request: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
         """One request of the control channel (``_deploy.control``)."""
@@ -497,6 +519,9 @@ class Supervisor:
         """Stop every process: the edge first, event consumers last, the broker after all; each
         step SIGTERM, then SIGKILL what outlives the grace. MQTT sessions are kept."""
         self._stopping = True
+        if self.dashboard is not None:  # first: it continues any process it paused
+            await self.dashboard.stop()
+            self.dashboard = None
         if self._control is not None and self._control_path is not None:
             self._control.close()
             self._control_path.unlink(missing_ok=True)
@@ -538,4 +563,5 @@ class Supervisor:
             "supervisor_started": process_start(os.getpid()),
             "updated": time.time(),
             "processes": [c.status() for c in self.children],
+            "dashboard": None if self.dashboard is None else self.dashboard.url,
         }

@@ -1,0 +1,308 @@
+"""The live dashboard of `archipel run`: the call and event rates it computes from /metrics, its
+refusals (a foreign Host or Origin, controls left off), its API on a running monolith, and in a
+real browser the shop as microservices: every service and the edges between them after some
+traffic, then the currency process paused from the page (unhealthy within seconds) and resumed.
+
+Screenshots go to the test's tmp folder and to ``test-artifacts/dashboard/``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from archipel._dashboard.metrics import call_edges, event_rates, parse, quantile
+from archipel._dashboard.server import local_request
+from tests.test_cli import ROOT, archipel
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+T = TypeVar("T")
+
+BEFORE = """\
+# TYPE archipel_calls counter
+archipel_calls_total{caller="frontend",method="get_product",outcome="ok",service="catalog"} 10.0
+archipel_calls_total{caller="frontend",method="convert",outcome="ok",service="currency"} 4.0
+archipel_calls_total{caller="frontend",method="convert",outcome="unavailable",service="currency"} 0.0
+# TYPE archipel_call_duration_seconds histogram
+archipel_call_duration_seconds_bucket{le="0.001",method="get_product",service="catalog"} 0.0
+archipel_call_duration_seconds_bucket{le="0.01",method="get_product",service="catalog"} 10.0
+archipel_call_duration_seconds_bucket{le="0.1",method="get_product",service="catalog"} 10.0
+archipel_call_duration_seconds_bucket{le="+Inf",method="get_product",service="catalog"} 10.0
+archipel_call_duration_seconds_count{method="get_product",service="catalog"} 10.0
+archipel_call_duration_seconds_sum{method="get_product",service="catalog"} 0.05
+# TYPE archipel_events_published counter
+archipel_events_published_total{topic="orders/placed"} 1.0
+"""
+AFTER = """\
+# TYPE archipel_calls counter
+archipel_calls_total{caller="frontend",method="get_product",outcome="ok",service="catalog"} 110.0
+archipel_calls_total{caller="frontend",method="convert",outcome="ok",service="currency"} 12.0
+archipel_calls_total{caller="frontend",method="convert",outcome="unavailable",service="currency"} 2.0
+# TYPE archipel_call_duration_seconds histogram
+archipel_call_duration_seconds_bucket{le="0.001",method="get_product",service="catalog"} 0.0
+archipel_call_duration_seconds_bucket{le="0.01",method="get_product",service="catalog"} 60.0
+archipel_call_duration_seconds_bucket{le="0.1",method="get_product",service="catalog"} 110.0
+archipel_call_duration_seconds_bucket{le="+Inf",method="get_product",service="catalog"} 110.0
+archipel_call_duration_seconds_count{method="get_product",service="catalog"} 110.0
+archipel_call_duration_seconds_sum{method="get_product",service="catalog"} 3.0
+# TYPE archipel_events_published counter
+archipel_events_published_total{topic="orders/placed"} 11.0
+"""
+HANDLER = """\
+# TYPE archipel_events_handled counter
+archipel_events_handled_total{handler="send_confirmation",outcome="ok",service="email"} 3.0
+archipel_events_handled_total{handler="send_confirmation",outcome="dead",service="email"} 1.0
+"""
+
+
+def test_call_edges_from_two_scrapes_give_rate_error_rate_and_percentiles() -> None:
+    before, after = parse(BEFORE, 100.0, ["frontend"]), parse(AFTER, 110.0, ["frontend"])
+    catalog, currency = call_edges([(before, after)])
+    # 100 calls in 10 s; of the 100 histogram observations, 50 took 1-10 ms and 50 took 10-100 ms.
+    assert catalog["caller"] == "frontend" and catalog["service"] == "catalog"
+    assert catalog["rate"] == 10.0 and catalog["error_rate"] == 0.0
+    assert catalog["p50_ms"] == pytest.approx(10.0)
+    assert catalog["p99_ms"] == pytest.approx(98.2)
+    # 8 more ok and 2 failed in 10 s: 1 call a second, a fifth of them failed; no histogram.
+    assert currency["service"] == "currency" and currency["rate"] == 1.0
+    assert currency["error_rate"] == 0.2 and currency["p99_ms"] is None
+
+
+def test_a_first_scrape_or_a_restart_is_no_rate() -> None:
+    after = parse(AFTER, 110.0, ["frontend"])
+    assert call_edges([(None, after)]) == []
+    # A restarted process counts from zero: its counters are smaller than before.
+    restarted = parse(BEFORE.replace("10.0", "3.0"), 120.0, ["frontend"])
+    (catalog, _) = call_edges([(after, restarted)])
+    assert catalog["rate"] == 0.3
+
+
+def test_event_rates_per_topic_and_handler_with_dead_letters() -> None:
+    emitter = (parse(BEFORE, 0.0, ["checkout"]), parse(AFTER, 5.0, ["checkout"]))
+    consumer = (parse("", 0.0, ["email"]), parse(HANDLER, 5.0, ["email"]))
+    rates = event_rates([emitter, consumer], {("email", "send_confirmation"): "orders/placed"})
+    assert rates == {"orders/placed": {"published": 2.0, "handled:email": 0.6, "dead:email": 0.2}}
+
+
+def test_quantile_follows_prometheus_histogram_quantile() -> None:
+    buckets = {0.1: 50.0, 0.2: 100.0, math.inf: 100.0}
+    assert quantile(0.5, buckets) == pytest.approx(0.1)
+    assert quantile(0.75, buckets) == pytest.approx(0.15)
+    assert quantile(0.5, {math.inf: 0.0}) is None
+    assert quantile(0.99, {0.1: 0.0, math.inf: 4.0}) == 0.1  # beyond the last bound: that bound
+
+
+def test_only_requests_naming_the_dashboard_itself_pass() -> None:
+    assert local_request("127.0.0.1:8000", None, 8000) is None
+    assert local_request("localhost:8000", "http://localhost:8000", 8000) is None
+    assert "Host 'evil.example:8000'" in str(local_request("evil.example:8000", None, 8000))
+    assert "Host" in str(local_request("127.0.0.1:9999", None, 8000))  # another port
+    assert "no Host" in str(local_request(None, None, 8000))
+    assert "Origin" in str(local_request("127.0.0.1:8000", "http://evil.example", 8000))
+    assert "Origin" in str(local_request("127.0.0.1:8000", "https://127.0.0.1:8000", 8000))
+
+
+# -- a running deployment ------------------------------------------------------------------
+
+
+def _run(state: Path, app: str, *options: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "archipel", "run", app, "--port", "0", "--quiet", *options),
+            *("--state-dir", str(state), "--data-dir", str(state / "data")),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _stop(runner: subprocess.Popen[str]) -> str:
+    if runner.poll() is None:
+        runner.send_signal(signal.SIGINT)
+    output, _ = runner.communicate(timeout=60)
+    return output
+
+
+def _dashboard_of(
+    state: Path, runner: subprocess.Popen[str], within: float = 60
+) -> tuple[str, dict[str, Any]]:
+    """The dashboard URL `archipel status --json` names, once the deployment is up."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert runner.poll() is None, runner.stdout.read() if runner.stdout else ""
+        result = archipel("status", "--json", "--state-dir", str(state))
+        if result.returncode == 0:
+            status: dict[str, Any] = json.loads(result.stdout)
+            assert status["dashboard"].startswith("http://127.0.0.1:"), status
+            return status["dashboard"], status
+        time.sleep(0.2)  # the state file appears once every process is ready
+    raise AssertionError("archipel run never reported ready")
+
+
+async def _until(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float) -> T:
+    async with asyncio.timeout(within):
+        while not done(value := await probe()):
+            await asyncio.sleep(0.1)  # state in other processes: poll it
+    return value
+
+
+@pytest.fixture
+def monolith(tmp_path: Path) -> Iterator[str]:
+    runner = _run(tmp_path, "tests.apps.shop:app", "--mode", "monolith")
+    try:
+        url, _ = _dashboard_of(tmp_path, runner)
+        yield url
+    finally:
+        _stop(runner)
+
+
+@pytest.mark.timeout(90)
+async def test_a_monolith_shows_local_edges_refuses_strangers_and_calls_as_the_operator(
+    monolith: str,
+) -> None:
+    async with aiohttp.ClientSession() as web:
+        async with web.get(monolith + "api/snapshot") as response:
+            snapshot = await response.json()
+        assert snapshot["mode"] == "monolith" and snapshot["controls"] is False
+        (process,) = snapshot["processes"]
+        assert process["health"] == "ready" and process["rss_bytes"] > 0
+        assert {s["name"] for s in snapshot["services"]} == set(process["services"])
+        edges = {(c["caller"], c["service"]): c for c in snapshot["calls"]}
+        assert edges[("checkout", "currency")]["local"] is True  # one process: direct calls
+        assert snapshot["feed"]["note"]  # no broker to watch, and the page says why
+
+        for headers in ({"Host": "attacker.example"}, {"Origin": "http://attacker.example"}):
+            async with web.get(monolith + "api/snapshot", headers=headers) as response:
+                assert response.status == 403, headers
+                assert "refused" in (await response.json())["error"]
+        control = {"process": "monolith", "action": "pause"}
+        async with web.post(monolith + "api/control", json=control) as response:
+            assert response.status == 403
+            assert "--dashboard-controls" in (await response.json())["error"]
+
+        call = {"service": "checkout", "method": "echo", "body": {"value": {"a": 1}}}
+        async with web.post(monolith + "api/call", json=call) as response:
+            answer = await response.json()
+        assert answer["status"] == 200 and answer["answer"] == {"a": 1}, answer
+        assert len(answer["trace_id"]) == 32 and answer["duration_ms"] > 0
+        async with web.post(monolith + "api/call", json={"service": "nowhere", "method": "x"}) as response:
+            assert response.status == 404 and "nowhere" in (await response.json())["error"]
+        async with web.post(monolith + "api/call", data="{") as response:
+            assert response.status == 400
+
+        async with web.get(monolith + "api/catalog") as response:
+            catalog = {s["name"]: s for s in (await response.json())["services"]}
+        echo = next(m for m in catalog["checkout"]["methods"] if m["name"] == "echo")
+        assert echo["request"]["type"] == "object" and "value" in echo["request"]["properties"]
+        async with web.get(monolith + "api/traces") as response:
+            assert (await response.json())["traces"] is not None
+
+
+# -- in a browser --------------------------------------------------------------------------
+
+
+async def _shop_traffic(storefront: str) -> None:
+    """A few page loads and one checkout through the storefront, as a buyer makes them."""
+    form = {
+        "email": "dashboard@example.org",
+        "street_address": "12 Harbour Lane",
+        "zip_code": "PO1 3AX",
+        "city": "Portsmouth",
+        "state": "",
+        "country": "United Kingdom",
+        "card_number": "4111 1111 1111 1111",
+        "card_month": "12",
+        "card_year": "2099",
+        "card_cvv": "123",
+        "order_id": secrets.token_hex(8),
+    }
+    steps = [("GET", "/", None), ("GET", "/product/camp-mug", None), ("GET", "/", None)]
+    steps += [("POST", "/basket/add", {"product_id": "camp-mug", "quantity": "1"}), ("POST", "/order", form)]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as web:
+        for method, path, data in steps:
+            async with web.request(method, storefront + path, data=data) as response:
+                assert response.status == 200, (path, await response.text())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"no Chromium at {CHROMIUM}")
+async def test_the_shop_in_the_dashboard_then_currency_paused_and_resumed(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    app = "examples/boutique/boutique/app.py:app"
+    runner = _run(tmp_path, app, "--mode", "microservices", "--broker", "embedded", "--dashboard-controls")
+    try:
+        url, status = _dashboard_of(tmp_path, runner)
+        services = {s for p in status["processes"] for s in p["services"]}
+        (storefront,) = [p["url"] for p in status["processes"] if p["name"] == "frontend"]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1500, "height": 1000})
+                page.set_default_timeout(15_000)
+                await page.goto(url)
+                for service in services:
+                    await expect(page.locator(f'#graph g.node[data-service="{service}"]')).to_have_count(1)
+                await _shop_traffic(storefront)
+                # The calls the traffic made are drawn as active edges, with their rate.
+                for edge in ("frontend->catalog", "frontend->currency", "checkout->payment"):
+                    await expect(
+                        page.locator(f'#graph path.edge.call.active[data-edge="{edge}"]')
+                    ).to_have_count(1)
+                await expect(
+                    page.locator('#graph path.edge.event[data-edge="checkout->orders/placed"]')
+                ).to_have_count(1)
+                await _shot(page, tmp_path, "dashboard.png")
+
+                row = page.locator('#processes tr[data-process="currency"]')
+                await row.locator("button.pause").click()
+                await expect(row.locator("td.health")).to_have_text("paused", timeout=5_000)
+                await expect(page.locator('#graph g.node[data-service="currency"]')).to_have_attribute(
+                    "data-health", "bad"
+                )
+                await _shot(page, tmp_path, "currency-paused.png")
+                await row.locator("button.resume").click()
+                await expect(row.locator("td.health")).to_have_text("ready", timeout=5_000)
+                # Stop is SIGTERM: the supervisor restarts the process as after a crash.
+                ads = page.locator('#processes tr[data-process="ads"]')
+                await ads.locator("button.stop").click()
+                await expect(ads.locator("td.restarts")).to_have_text("1", timeout=15_000)
+                await expect(ads.locator("td.health")).to_have_text("ready", timeout=15_000)
+
+                await page.click('nav button[data-tab="events"]')
+                await expect(page.locator("#event-list tbody tr").first).to_be_visible()
+                await _shot(page, tmp_path, "events.png")
+                await page.click('nav button[data-tab="catalog"]')
+                await page.click('details.service[data-service="currency"] summary')
+                method = page.locator('[data-method="currency.supported_currencies"]')
+                await method.locator("button.call").click()
+                await expect(method.locator("pre.result")).to_contain_text("200 in")
+                await _shot(page, tmp_path, "catalog.png")
+            finally:
+                await browser.close()
+    finally:
+        _stop(runner)
+
+
+async def _shot(page: Any, tmp_path: Path, name: str) -> None:
+    await page.screenshot(path=str(tmp_path / name), full_page=True)
+    shutil.copy(tmp_path / name, ARTIFACTS / name)
