@@ -18,13 +18,20 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
+import msgspec
 import pytest
+from aiohttp import web
 
+from archipel._dashboard.feed import KEEP, EventFeed
 from archipel._dashboard.metrics import call_edges, event_rates, parse, quantile
 from archipel._dashboard.server import local_request
+from archipel._dashboard.traces import one_trace, recent
+from archipel._events.bus import Envelope
+from archipel._events.dispatch import DeadLetter
 from tests.test_cli import ROOT, archipel
 
 CHROMIUM = "/usr/bin/chromium"
@@ -113,6 +120,104 @@ def test_only_requests_naming_the_dashboard_itself_pass() -> None:
     assert "no Host" in str(local_request(None, None, 8000))
     assert "Origin" in str(local_request("127.0.0.1:8000", "http://evil.example", 8000))
     assert "Origin" in str(local_request("127.0.0.1:8000", "https://127.0.0.1:8000", 8000))
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _span(span_id: str, parent: str | None, name: str, kind: str, start: int, end: int) -> dict[str, Any]:
+    return {
+        "trace_id": TRACE, "span_id": span_id, "parent_id": parent, "name": name, "kind": kind,
+        "service": name.split(".")[0], "start_ns": start, "end_ns": end, "status": "ok", "attributes": {},
+    }  # fmt: skip
+
+
+async def test_traces_are_grouped_across_processes_and_hops_are_marked() -> None:
+    """Two processes serving /traces as the contract says, and one that has no /traces (404)."""
+    spans = {
+        "frontend": [
+            _span("a" * 16, None, "frontend.home", "server", 0, 9_000_000),
+            _span("b" * 16, "a" * 16, "catalog.list_products", "client", 1_000_000, 5_000_000),
+        ],
+        "catalog": [_span("c" * 16, "b" * 16, "catalog.list_products", "server", 2_000_000, 4_000_000)],
+    }
+    seen: list[str | None] = []
+
+    def process(name: str) -> web.Application:
+        async def traces(request: web.Request) -> web.Response:
+            seen.append(request.headers.get("authorization"))
+            wanted = request.query.get("trace_id")
+            return web.json_response(
+                {"process": name, "spans": [s for s in spans[name] if wanted in (None, s["trace_id"])]}
+            )
+
+        app = web.Application()
+        app.router.add_get("/traces", traces)
+        return app
+
+    runners = [
+        web.AppRunner(process("frontend")),
+        web.AppRunner(process("catalog")),
+        web.AppRunner(web.Application()),
+    ]
+    children = []
+    for label, runner in zip(("frontend", "catalog", "old"), runners, strict=True):
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        children.append(
+            SimpleNamespace(url=f"http://127.0.0.1:{port}", label=label, running=True, retired=False)
+        )
+    try:
+        async with aiohttp.ClientSession() as session:
+            collector: Any = SimpleNamespace(
+                supervisor=SimpleNamespace(children=children),
+                session=session,
+                headers=lambda: {"authorization": "Bearer scrape"},
+            )
+            listed = await recent(collector)
+            assert listed["available"] is True
+            (trace,) = listed["traces"]
+            assert trace["trace_id"] == TRACE and trace["name"] == "frontend.home" and trace["spans"] == 3
+            assert trace["processes"] == ["catalog", "frontend"] and trace["duration_ms"] == 9.0
+            detail = await one_trace(collector, TRACE)
+            assert detail is not None
+            assert [(s["process"], s["hop"], s["offset_ms"]) for s in detail["span_list"]] == [
+                ("frontend", "http", 0.0),
+                ("frontend", "http", 1.0),
+                ("catalog", "http", 2.0),
+            ]
+            assert await one_trace(collector, "0" * 32) is None
+            collector.supervisor.children = children[2:]  # only a process without /traces
+            assert await recent(collector) == {"available": False, "traces": []}
+        assert set(seen) == {"Bearer scrape"}  # /traces is guarded as /metrics is
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def test_the_feed_keeps_the_last_events_and_reads_dead_letters_reasons() -> None:
+    feed = EventFeed(SimpleNamespace(broker_url=None))  # type: ignore[arg-type]
+    for number in range(KEEP + 5):
+        await feed._record(
+            Envelope("orders/placed", "OrderPlaced", "/shop/checkout", payload=b"{}", id=str(number))
+        )
+    letter = DeadLetter(
+        reason="BadEvent: no such order",
+        topic="orders/placed",
+        handler="email.send",
+        event_id="7",
+        payload="{}",
+    )
+    await feed._record(
+        Envelope("$dead/orders/placed", "DeadLetter", "/shop/email", payload=msgspec.json.encode(letter))
+    )
+    assert len(feed.items) == KEEP and feed.items[0]["id"] == "6"  # the oldest went first
+    dead = feed.items[-1]
+    assert dead["dead"] and dead["reason"] == "BadEvent: no such order" and dead["handler"] == "email.send"
+    assert feed.dead_letters == 1 and [i["seq"] for i in feed.since(dead["seq"] - 1)] == [dead["seq"]]
+    assert "monolith" in feed.note  # no broker: nothing to watch, and the page says why
 
 
 # -- a running deployment ------------------------------------------------------------------
@@ -297,6 +402,10 @@ async def test_the_shop_in_the_dashboard_then_currency_paused_and_resumed(tmp_pa
                 await method.locator("button.call").click()
                 await expect(method.locator("pre.result")).to_contain_text("200 in")
                 await _shot(page, tmp_path, "catalog.png")
+                trace_id = await method.locator("pre.result a").inner_text()
+                await method.locator("pre.result a").click()  # to the trace view of that call
+                await expect(page.locator("#waterfall")).to_contain_text(trace_id)
+                await _shot(page, tmp_path, "trace.png")
             finally:
                 await browser.close()
     finally:
