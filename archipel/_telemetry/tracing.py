@@ -83,11 +83,9 @@ def tracing_from_env(
     if env.get(DISABLED_VAR, "").strip().lower() == "true":
         return None
     ring = SpanRing()
-    processors: list[SpanProcessor] = [ring]
-    for name in _exporters(env):
-        processors.append(_exporter(name, env))
-    tracer = Tracer(_resource(env, deployment, process, instance), processors, process)
-    if len(processors) > 1:
+    exporters = [_exporter(name, env) for name in _exporters(env)]
+    tracer = Tracer(_resource(env, deployment, process, instance), ring, exporters, process)
+    if exporters:
         atexit.register(tracer.shutdown)  # the batch exporter sends what it holds before the exit
     return Tracing(tracer, ring)
 
