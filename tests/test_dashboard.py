@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,9 @@ from archipel._events.dispatch import DeadLetter
 from tests.test_cli import ROOT, archipel
 
 CHROMIUM = "/usr/bin/chromium"
+# What docs/observability.md shows (free ports, the test's folders and --quiet added by _run).
+SHOP = ["examples/boutique/boutique/app.py:app", "--mode", "microservices", "--broker", "embedded"]
+SHOP_OPTIONS = [*SHOP[1:], "--port", "0", "--dashboard-controls"]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 T = TypeVar("T")
 
@@ -350,8 +354,7 @@ async def test_the_shop_in_the_dashboard_then_currency_paused_and_resumed(tmp_pa
     from playwright.async_api import async_playwright, expect
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    app = "examples/boutique/boutique/app.py:app"
-    runner = _run(tmp_path, app, "--mode", "microservices", "--broker", "embedded", "--dashboard-controls")
+    runner = _run(tmp_path, SHOP[0], *SHOP[1:], "--dashboard-controls")
     try:
         url, status = _dashboard_of(tmp_path, runner)
         services = {s for p in status["processes"] for s in p["services"]}
@@ -415,3 +418,12 @@ async def test_the_shop_in_the_dashboard_then_currency_paused_and_resumed(tmp_pa
 async def _shot(page: Any, tmp_path: Path, name: str) -> None:
     await page.screenshot(path=str(tmp_path / name), full_page=True)
     shutil.copy(tmp_path / name, ARTIFACTS / name)
+
+
+def test_the_commands_the_docs_show_are_the_ones_this_module_runs() -> None:
+    section = (ROOT / "docs" / "observability.md").read_text().split("## Dashboard", 1)[1]
+    block = section.split("```", 2)[1].strip().splitlines()
+    run, status = (shlex.split(line.split("#", 1)[0]) for line in block)
+    assert run[:3] == ["archipel", "run", SHOP[0]] and sorted(run[3:]) == sorted(SHOP_OPTIONS)
+    assert status == ["archipel", "status", "--json"]  # as _dashboard_of runs it
+    assert (ROOT / "docs" / "img" / "dashboard.png").stat().st_size > 10_000
