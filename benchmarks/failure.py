@@ -280,21 +280,30 @@ def markdown(the_result: result.Result) -> str:
             continue
         x = row.extra
         per_call = ", ".join(
-            f"{call} {figures['fraction']:.0%}" for call, figures in x["per_call"].items() if figures["calls"]
+            f"{call} {figures['fraction']:.0%}"
+            for call, figures in x["per_call"].items()
+            if figures["failed"]
         )
         events = x.get("events")
-        mails = f"{events['orders_mailed']}/{events['orders_accepted']}" if events else ""
+        mails = ""
+        if events:
+            mails = f"{events['orders_mailed']}/{events['orders_accepted']}"
+            if events["mailed_after_s"] is not None:
+                mails += f" in {events['mailed_after_s']:.1f} s"
         steady = "never" if x["steady_s"] is None else f"{x['steady_s']:.2f}"
         lines.append(
             f"| {row.name} | {x['calls']} | {x['failed']} | {x['failed_fraction']:.1%} "
-            f"| {x['unavailable_s']:.2f} | {steady} | {x['back_s']:.2f} | {per_call} | {mails} |"
+            f"| {x['unavailable_s']:.2f} | {steady} | {x['back_s']:.2f} | {per_call or 'none'} | {mails} |"
         )
     lines += [
         "",
         "unavailable: first to last failed call; steady again: from the disruption to the first "
-        f"{failure_trace.STEADY_S:g} s in which every call succeeded; back: the restarted process "
-        "ready, or the rollout done; per call: the share of each call of the mix that failed from "
-        "the disruption until the process was back and the last failure over.",
+        f"{failure_trace.STEADY_S:g} s, after the first failure, in which every call succeeded; "
+        "back: the restarted process ready, or the rollout done; per call: the share of each call "
+        "of the mix that failed from "
+        "the disruption until the process was back and the last failure over (the others all "
+        "succeeded); orders mailed: of the orders accepted around the kill of the mailer, how many "
+        "got both mails, and how long after the kill.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -365,7 +374,7 @@ def main() -> None:
         rate=args.rate,
         duration=duration,
         at=round(max(1.0, duration / 3), 2),
-        tail=1.5 if args.quick else 3.0,
+        tail=2.5 if args.quick else 3.0,
         timeout=5.0,
         settle=30.0 if args.quick else 60.0,
     )

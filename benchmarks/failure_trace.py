@@ -23,7 +23,7 @@ from archipel._bench.load import Outcome, RequestFailed, Visitor, percentile
 from archipel._bench.mix import Mix
 
 BIN_S = 0.1  # the timeline's bins
-STEADY_S = 1.0  # "available again": every call started in this long a stretch succeeded
+STEADY_S = 2.0  # "steady again": every call started in this long a stretch succeeded
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ def analyse(calls: Sequence[CallTrace], t0: float, back_s: float | None) -> dict
 
     - the failed calls that ended after ``t0`` (those before it are counted apart);
     - the window of unavailability: first to last of them (start of the first, end of the last);
-    - ``steady_s``: from ``t0`` to the first call that opens a stretch of ``STEADY_S`` where every
-      call succeeded (None if the run never got one);
+    - ``steady_s``: from ``t0`` to the first call, after the first failure, that opens a stretch
+      of ``STEADY_S`` where every call succeeded (None if the run never got one): unlike the
+      window, a stray failure long after does not stretch it;
     - per call of the mix, the fraction that failed during the outage: from ``t0`` (or the first
       failure) until both the process was back and the last failure was over.
     """
@@ -148,15 +149,21 @@ def analyse(calls: Sequence[CallTrace], t0: float, back_s: float | None) -> dict
 
 
 def _steady(ordered: Sequence[CallTrace], t0: float) -> float | None:
-    after = [c for c in ordered if c.start >= t0]
+    """From ``t0`` to the first call, after the first failure, that opens ``STEADY_S`` of
+    successes: 0 when nothing failed, None when the run never got there."""
+    failures = [c.start for c in ordered if not c.ok and c.end >= t0]
+    if not failures:
+        return 0.0
     opened: CallTrace | None = None  # the first call of the current stretch of successes
-    for call in after:
+    for call in ordered:
+        if call.start < min(failures):
+            continue
         if not call.ok:
             opened = None
             continue
         opened = opened or call
         if call.start - opened.start >= STEADY_S:
-            return opened.start - t0
+            return max(0.0, opened.start - t0)
     return None
 
 
@@ -194,7 +201,7 @@ def plot(panels: Sequence[tuple[str, dict[str, Any]]], title: str, stem: Path) -
     if not panels:
         return []
     figure, axes_list = plt.subplots(
-        len(panels), 1, figsize=(9, 1.6 * len(panels) + 0.8), sharex=True, squeeze=False
+        len(panels), 1, figsize=(9, 1.6 * len(panels) + 0.8), sharex=True, squeeze=False, layout="constrained"
     )
     for axes, (name, extra) in zip((row[0] for row in axes_list), panels, strict=True):
         line = extra["timeline"]
@@ -216,7 +223,6 @@ def plot(panels: Sequence[tuple[str, dict[str, Any]]], title: str, stem: Path) -
     )
     axes_list[0][0].legend(fontsize="x-small", loc="upper right")
     figure.suptitle(title, fontsize="medium")
-    figure.tight_layout()
     written = []
     for suffix in (".png", ".svg"):
         path = stem.with_suffix(suffix)
