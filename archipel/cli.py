@@ -232,6 +232,8 @@ def _print_status(data: dict[str, Any]) -> None:
             process["url"].split("://", 1)[-1],
         )
     console.print(table)
+    if data.get("dashboard"):
+        console.print(f"dashboard: {data['dashboard']}")
     if data["supervisor_stopped"]:
         console.print(
             f"[bold yellow]the supervisor (pid {data['supervisor_pid']}) is stopped:[/] nothing is "

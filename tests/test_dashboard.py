@@ -258,6 +258,8 @@ def _dashboard_of(
         if result.returncode == 0:
             status: dict[str, Any] = json.loads(result.stdout)
             assert status["dashboard"].startswith("http://127.0.0.1:"), status
+            table = archipel("status", "--state-dir", str(state)).stdout
+            assert f"dashboard: {status['dashboard']}" in table
             return status["dashboard"], status
         time.sleep(0.2)  # the state file appears once every process is ready
     raise AssertionError("archipel run never reported ready")
