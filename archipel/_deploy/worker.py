@@ -38,6 +38,7 @@ from .._security.keyring import KEYRING_VAR, Keyring, process_keyring
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError
 from .._security.tls import TlsError, TlsFiles
 from .._security.tokens import Signer, Verifier
+from .._telemetry.metrics import describe_process
 from .environment import BadEnvironment, WorkerSpec, worker_spec
 from .hygiene import exit_with_parent, set_parent_death_signal
 from .plan import called_services
@@ -170,6 +171,7 @@ def main() -> None:
         _check_shape(app)
         tls = TlsFiles.from_env()
         server = build_server(app, spec, tls=tls)
+        describe_process(spec.name, spec.instance_name, spec.version)  # archipel_process_info
         # Read once: the services' code, and what it may spawn, need not see the keys.
         os.environ.pop(KEYRING_VAR, None)
     except (AppNotFound, DefinitionError, SecretError, TlsError, BadEnvironment) as exc:

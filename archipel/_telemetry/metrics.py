@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+# process_start_time_seconds... (read from /proc at each scrape, on Linux) and python_info: what a
+# dashboard needs to tell a busy or leaking process, and a restart, from the others.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+PROCESS_INFO = Gauge(
+    "archipel_process_info",
+    "1 for the process of a deployment this is: its name, its replica and its version.",
+    ["process", "replica", "version"],
+    registry=REGISTRY,
+)
 
 RPC_REQUESTS = Counter(
     "archipel_rpc_requests",
@@ -79,3 +98,8 @@ BULKHEAD_IN_FLIGHT = Gauge(
     ["service"],
     registry=REGISTRY,
 )
+
+
+def describe_process(process: str, replica: str, version: str) -> None:
+    """Set ``archipel_process_info`` (once, at the worker's start)."""
+    PROCESS_INFO.labels(process, replica, version or "unknown").set(1)
