@@ -25,6 +25,9 @@ apt_install() {
 need_apt=()
 command -v mosquitto >/dev/null || need_apt+=(mosquitto mosquitto-clients)
 command -v curl >/dev/null || need_apt+=(curl)
+# promtool checks the generated prometheus.yml and dashboard queries, prometheus scrapes a worker
+# in a test (where systemd runs, Debian also starts its own service on :9090).
+command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # Playwright's bundled node (the browser tests drive /usr/bin/chromium with it) needs libatomic.so.1.
 [[ "$(dpkg-query -W -f='${Status}' libatomic1 2>/dev/null)" == *"ok installed"* ]] || need_apt+=(libatomic1)

@@ -44,6 +44,14 @@ TARGETS = {
     "compose/monolith": ["compose", "--mode", "monolith"],
     "kubernetes/microservices": ["kubernetes", "--mode", "microservices"],
     "kubernetes/monolith": ["kubernetes", "--mode", "monolith"],
+    "prometheus/kubernetes/microservices": [
+        "prometheus",
+        "--mode",
+        "microservices",
+        "--target",
+        "kubernetes",
+    ],
+    "grafana": ["grafana"],
 }
 LABELS = [f"app.kubernetes.io/{key}" for key in ("name", "instance", "component", "part-of", "version")]
 LABELS.append("app.kubernetes.io/managed-by")
@@ -432,7 +440,10 @@ def test_secrets_are_private_files_and_never_printed(
     plan = shop_plan("microservices")
     said = result.stdout + result.stderr
     assert out.stat().st_mode & 0o777 == 0o700
-    names = {f"boutique-{p}-keyring" for p in plan.process_names} | {"boutique-broker-auth"}
+    names = {f"boutique-{p}-keyring" for p in plan.process_names} | {
+        "boutique-broker-auth",
+        "boutique-scrape-token",
+    }
     assert {path.name for path in out.iterdir()} == names
     for path in out.rglob("*"):
         assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path

@@ -1,4 +1,5 @@
-"""``archipel deploy docker|compose|kubernetes|secrets``: write what deploys an app elsewhere.
+"""``archipel deploy docker|compose|kubernetes|secrets|prometheus|grafana``: write what deploys
+an app elsewhere, and what watches it.
 
 Each target reads the app and ``archipel.toml`` as ``archipel run`` does, builds the same
 deployment plan, and writes its files into ``deploy/TARGET[/MODE]`` beside the settings file
@@ -22,6 +23,8 @@ from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_s
 from .generate import compose_files, docker_files, kubernetes_files, write_secrets
 from .generate.common import Output, check_supported, keeps_state
 from .generate.docker import BASE_IMAGE, LOCK, image_source, lock_text, pins
+from .generate.grafana import grafana_files
+from .generate.prometheus import TARGETS, Target, prometheus_files
 from .loading import command_app, command_settings, fail
 from .plan import DEFAULT_PORT, MODES, DeploymentPlan, settings_plan
 from .settings import Settings
@@ -195,11 +198,14 @@ def kubernetes(
     config: ConfigOption = None,
     out: OutOption = None,
     image: ImageOption = None,
+    service_monitor: Annotated[
+        bool, typer.Option(help="add a Prometheus Operator ServiceMonitor per process")
+    ] = False,
 ) -> None:
     """A kustomize base: APP's processes (and its broker) on Kubernetes (kubectl apply -k)."""
     job = _job(app, config, mode, image)
     plan = job.plan
-    command = job.command("kubernetes", image)
+    command = job.command("kubernetes", image) + (" --service-monitor" if service_monitor else "")
     try:
         outputs = kubernetes_files(
             plan,
@@ -207,6 +213,7 @@ def kubernetes(
             version=plan.version,
             command=command,
             source=job.source,
+            service_monitor=service_monitor,
         )
     except DefinitionError as exc:
         _fail(str(exc))
@@ -217,6 +224,36 @@ def kubernetes(
                 f"[yellow]note:[/] {process.name} keeps state and has {process.replicas} replicas: each has "
                 f"its own store (SQLite) unless the Secret {plan.deployment}-store holds a PostgreSQL URL"
             )
+
+
+@deploy.command()
+def prometheus(
+    app: AppArgument = None,
+    mode: ModeOption = None,
+    config: ConfigOption = None,
+    out: OutOption = None,
+    target: Annotated[
+        str, typer.Option(help="where the processes run: compose or kubernetes (how they are found)")
+    ] = "compose",
+) -> None:
+    """prometheus.yml: a scrape job per process of APP, with the deployment's scrape token."""
+    if target not in TARGETS:
+        _fail(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+    chosen: Target = "compose" if target == "compose" else "kubernetes"
+    job = _job(app, config, mode)
+    plan = job.plan
+    command = job.command("prometheus", None) + f" --target {chosen}"
+    outputs = prometheus_files(plan, chosen, command=command, source=job.source)
+    _write(outputs, out or job.folder / "deploy" / "prometheus" / chosen / plan.mode)
+
+
+@deploy.command()
+def grafana(app: AppArgument = None, config: ConfigOption = None, out: OutOption = None) -> None:
+    """dashboard.json: a Grafana dashboard of APP's calls, events, resilience and processes."""
+    job = _job(app, config, None)
+    command = job.command("grafana", None, with_mode=False)
+    outputs = grafana_files(job.plan, command=command, source=job.source)
+    _write(outputs, out or job.folder / "deploy" / "grafana")
 
 
 @deploy.command("secrets")

@@ -9,6 +9,10 @@ secrets`` writes and git ignores; the broker gets its password and ACL files the
 Replicas of a process share its data volume: SQLite on one host is shared safely, as with
 ``archipel run``. A replica's MQTT client id is its container's host name (the image's
 entrypoint): a restarted container resumes its session, a re-created one starts another.
+
+The Compose profile ``observability`` adds a Prometheus scraping every replica (``prometheus.yml``,
+the scrape token as a secret) and a Grafana provisioned with it and the deployment's dashboard;
+a plain ``docker compose up`` starts neither.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..plan import DeploymentPlan, ProcessPlan
+from . import prometheus as scraping
 from .common import (
     BROKER,
     DATA_DIR,
@@ -36,10 +41,14 @@ from .common import (
     stop_seconds,
     worker_env,
 )
+from .grafana import DASHBOARDS_DIR, grafana_provisioning
 
 COMPOSE_FILE = "compose.yaml"
 SECRETS = "secrets"  # the folder `archipel deploy secrets` writes into, beside compose.yaml
 BROKER_STOP = 30  # seconds: Mosquitto writes its database at SIGTERM
+PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
+GRAFANA_IMAGE = "grafana/grafana:11.3.1"
+PROFILE = "observability"  # `docker compose --profile observability up -d`
 
 
 def compose_files(plan: DeploymentPlan, *, image: str, command: str, source: str) -> list[Output]:
@@ -62,19 +71,63 @@ def compose_files(plan: DeploymentPlan, *, image: str, command: str, source: str
         volumes[f"{process.name}-data"] = {}
         keyring = f"./{SECRETS}/{keyring_secret(plan, process.name)}/{KEYRING}"
         secrets[f"{process.name}-keyring"] = {"file": keyring}
+    services.update(_observability(plan, secrets))
+    volumes.update({"prometheus-data": {}, "grafana-data": {}})
     document = {"name": f"{plan.deployment}-{plan.mode}", "services": services, "volumes": volumes}
     document["secrets"] = secrets
-    edge = [name for name, service in services.items() if "ports" in service]
+    edge = [name for name, service in services.items() if "ports" in service and "profiles" not in service]
     top = header(command, source) + (
         f"# {plan.app.name} as {plan.mode} on one host. First write the secrets (never committed):\n"
         f"#   archipel deploy secrets --mode {plan.mode} {SECRETS}\n"
         f"# then: docker compose up -d; the pages are on the published port of {', '.join(edge) or '-'}.\n"
+        f"# With Prometheus (127.0.0.1:9090) and Grafana (127.0.0.1:3000):\n"
+        f"#   docker compose --profile {PROFILE} up -d\n"
     )
     outputs = [Output(COMPOSE_FILE, dump_yaml([document], top))]
     if own_broker:
         outputs.append(Output(MOSQUITTO_CONF, mosquitto_conf(command, source)))
+    outputs += scraping.prometheus_files(plan, "compose", command=command, source=source)
+    prometheus_url = "http://prometheus:9090"
+    outputs += grafana_provisioning(plan, command=command, source=source, prometheus_url=prometheus_url)
     outputs.append(Output(".gitignore", header(command, source) + f"/{SECRETS}/\n"))
     return outputs
+
+
+def _observability(plan: DeploymentPlan, secrets: dict[str, Any]) -> dict[str, Any]:
+    """Prometheus and Grafana, in the profile that keeps them out of a plain ``up``; their ports
+    on the host's loopback only."""
+    prometheus: dict[str, Any] = {
+        "image": PROMETHEUS_IMAGE,
+        "profiles": [PROFILE],
+        "command": [
+            "--config.file=/etc/prometheus/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+            "--storage.tsdb.retention.time=15d",
+        ],
+        "volumes": [
+            f"./{scraping.PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro",
+            "prometheus-data:/prometheus",
+        ],
+        "ports": ["127.0.0.1:9090:9090"],
+        "restart": "unless-stopped",
+    }
+    if scraping.guarded(plan):  # the image's user (nobody) must be able to read it: docs/deploy.md
+        token = f"./{SECRETS}/{scraping.scrape_secret(plan)}/{scraping.SCRAPE_KEY}"
+        secrets[scraping.COMPOSE_SECRET] = {"file": token}
+        prometheus["secrets"] = [scraping.COMPOSE_SECRET]
+    grafana = {
+        "image": GRAFANA_IMAGE,
+        "profiles": [PROFILE],
+        "volumes": [
+            "./grafana/provisioning:/etc/grafana/provisioning:ro",
+            f"./grafana/dashboards:{DASHBOARDS_DIR}:ro",
+            "grafana-data:/var/lib/grafana",
+        ],
+        "ports": ["127.0.0.1:3000:3000"],
+        "depends_on": ["prometheus"],
+        "restart": "unless-stopped",
+    }
+    return {"prometheus": prometheus, "grafana": grafana}
 
 
 def _process(

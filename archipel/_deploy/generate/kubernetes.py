@@ -17,6 +17,11 @@ Which workload:
 
 No Secret is generated: their names are referenced, and ``docs/deploy.md`` tells how to create
 them from ``archipel deploy secrets``.
+
+Monitoring: every process's pods carry the ``prometheus.io/*`` scrape annotations (what
+``archipel deploy prometheus --target kubernetes`` selects on); with ``service_monitor`` a
+Prometheus Operator ``ServiceMonitor`` per process (``service-monitors.yaml``) reads ``/metrics``
+with the scrape token from the Secret ``DEPLOYMENT-scrape-token``.
 """
 
 from __future__ import annotations
@@ -50,15 +55,23 @@ from .common import (
 )
 from .names import Names
 from .network import broker_policy, process_policy
+from .prometheus import SCRAPE_INTERVAL, SCRAPE_KEY, guarded, scrape_secret
 
 KEYRING_DIR = "/etc/archipel/keyring"
 STORE_KEY = "url"
 BROKER_STOP = 30  # seconds: Mosquitto writes its database at SIGTERM
 STORAGE = "1Gi"
+MONITORS = "service-monitors.yaml"
 
 
 def kubernetes_files(
-    plan: DeploymentPlan, *, image: str, version: str, command: str, source: str
+    plan: DeploymentPlan,
+    *,
+    image: str,
+    version: str,
+    command: str,
+    source: str,
+    service_monitor: bool = False,
 ) -> list[Output]:
     names = Names(plan, version)
     external = external_broker(plan)
@@ -82,6 +95,10 @@ def kubernetes_files(
         documents = _process(names, process, image)
         outputs.append(Output(f"{process.name}.yaml", dump_yaml(documents, top)))
         resources.append(f"{process.name}.yaml")
+    if service_monitor:
+        monitors = [_service_monitor(names, process.name) for process in plan.processes]
+        outputs.append(Output(MONITORS, dump_yaml(monitors, top)))
+        resources.append(MONITORS)
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -91,6 +108,8 @@ def kubernetes_files(
     secrets = [keyring_secret(plan, p.name) for p in plan.processes]
     if own_broker:
         secrets.append(broker_secret(plan))
+    if service_monitor and guarded(plan):
+        secrets.append(scrape_secret(plan))
     intro = top + (
         f"# {plan.app.name} as {plan.mode}: kubectl apply -k <this folder>, once these Secrets exist\n"
         f"# (archipel deploy secrets, then kubectl create secret generic; see docs/deploy.md):\n"
@@ -154,7 +173,14 @@ def _process(names: Names, process: ProcessPlan, image: str) -> list[dict[str, A
     if not stateful:
         volumes.append({"name": "data", "emptyDir": {}})
     pod = {
-        "metadata": {"labels": names.labels(process.name, "process")},
+        "metadata": {
+            "labels": names.labels(process.name, "process"),
+            "annotations": {  # for a Prometheus that discovers pods (archipel deploy prometheus)
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(plan.port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -212,6 +238,34 @@ def _process(names: Names, process: ProcessPlan, image: str) -> list[dict[str, A
         "spec": {"maxUnavailable": 1, "selector": selector},
     }
     return [*documents, service, budget, process_policy(names, process)]
+
+
+def _service_monitor(names: Names, process: str) -> dict[str, Any]:
+    """The Prometheus Operator's scrape job of one process: its Service's endpoints, with the
+    ``deployment`` and ``process`` labels ``prometheus.yml`` gives (the dashboard selects on them)."""
+    endpoint: dict[str, Any] = {
+        "port": "http",
+        "path": "/metrics",
+        "scheme": "http",
+        "interval": SCRAPE_INTERVAL,
+        "honorLabels": True,
+        "relabelings": [
+            {"targetLabel": "deployment", "replacement": names.plan.deployment, "action": "replace"},
+            {"targetLabel": "process", "replacement": process, "action": "replace"},
+        ],
+    }
+    if guarded(names.plan):
+        token = {"name": scrape_secret(names.plan), "key": SCRAPE_KEY}
+        endpoint["authorization"] = {"type": "Bearer", "credentials": token}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": names.metadata(process, "process"),
+        "spec": {
+            "selector": {"matchLabels": names.selector(process)},
+            "endpoints": [endpoint],
+        },
+    }
 
 
 def _autoscaler(names: Names, process: ProcessPlan) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Kubernetes Secret, named as the manifests reference it::
     DEPLOYMENT-PROCESS-keyring/keyring.json   a process's keyring: its edges' keys, its broker login
     DEPLOYMENT-broker-auth/passwords          the broker's logins, hashed (microservices only)
     DEPLOYMENT-broker-auth/acl                what each login may publish and read
+    DEPLOYMENT-scrape-token/token             the bearer token Prometheus reads /metrics with
 
 So ``kubectl create secret generic "$(basename DIR)" --from-file=DIR`` for each subfolder, or
 Compose's ``secrets:`` (``compose.yaml`` names the same files). The secret itself is written
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import msgspec
 
-from ..._security.keyring import keyring_for
+from ..._security.keyring import keyring_for, scrape_token
 from ..acl import _write_private, broker_auth_files
 from ..plan import DeploymentPlan
 from .common import KEYRING, broker_secret, keyring_secret
+from .prometheus import SCRAPE_KEY, scrape_secret
 
 
 def write_secrets(plan: DeploymentPlan, secrets: Sequence[bytes], out: Path) -> list[Path]:
@@ -40,6 +42,10 @@ def write_secrets(plan: DeploymentPlan, secrets: Sequence[bytes], out: Path) -> 
         processes = {process.name: process.services for process in plan.processes}
         broker_auth_files(plan.app, plan.deployment, processes, secrets[0], folder)
         folders.append(folder)
+    # The current secret's token: the processes accept the tokens of every secret they are given.
+    folder = _private_dir(out / scrape_secret(plan))
+    _write_private(folder / SCRAPE_KEY, scrape_token(secrets[0], plan.deployment))
+    folders.append(folder)
     return folders
 
 
