@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from . import packets
 from .packets import Ack, MalformedPacket, Message
@@ -52,8 +53,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; uvloop's is not an asyncio.Transport subclass, hence no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
         if self._keep_alive > 0:
             self._ping = self._loop.call_later(self._keep_alive / 2, self._keep_alive_tick)
 
