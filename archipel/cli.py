@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from ._deploy.auth_commands import broker_files
 from ._deploy.cluster_commands import CONTROL_SOCKET, rollout, scale
 from ._deploy.deploy_commands import deploy
 from ._deploy.loading import command_app, command_settings, fail
+from ._deploy.log_commands import logs
 from ._deploy.operator import broker_login, call, token
 from ._deploy.plan import MODES, settings_plan
 from ._deploy.statefile import is_stopped, pid_alive, read_state
@@ -31,6 +31,14 @@ from ._events.commands import events
 from ._model import Service
 from ._rpc.openapi import openapi_document
 from ._security.tls import TlsFiles
+from ._telemetry.logs import (
+    FORMAT_VAR,
+    BadLogSetting,
+    LogSettings,
+    configure_logging,
+    log_settings,
+    parse_format,
+)
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(events, name="events")
@@ -72,6 +80,9 @@ def run(
         Path | None, typer.Option(help="the deployment's data; default STATE_DIR/data/DEPLOYMENT")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="archipel.toml or pyproject.toml")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json, for every process (default: ARCHIPEL_LOG_FORMAT)")
+    ] = None,
     state_dir: StateDir = Path(".archipel"),
     quiet: Annotated[bool, typer.Option(help="do not echo the processes' output")] = False,
     dashboard: Annotated[bool, typer.Option(help="serve the live dashboard on 127.0.0.1")] = True,
@@ -87,6 +98,7 @@ def run(
     chosen_mode = mode or settings.mode
     if chosen_mode not in MODES:
         _fail(f"--mode must be one of {', '.join(MODES)}, not {chosen_mode!r}")
+    logging_settings = _log_settings(log_format)  # before the supervisor copies the environment
     try:
         the_plan = settings_plan(
             reference,
@@ -111,7 +123,7 @@ def run(
         )
     except (DefinitionError, ValueError) as exc:
         _fail(str(exc))
-    _log_to_stderr()
+    configure_logging(logging_settings, process="supervisor")
     code = asyncio.run(_serve(supervisor))
     raise typer.Exit(code)
 
@@ -120,12 +132,18 @@ def _echo(label: str, line: str) -> None:
     print(f"{label:>14} | {line}", flush=True)
 
 
-def _log_to_stderr() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    logger = logging.getLogger("archipel")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+def _log_settings(log_format: str | None) -> LogSettings:
+    """``ARCHIPEL_LOG_*``, with --log-format first; every process inherits the format."""
+    try:
+        chosen = log_settings(os.environ)
+        if log_format is not None:
+            chosen = LogSettings(format=parse_format(log_format), level=chosen.level, quiet=chosen.quiet)
+    except BadLogSetting as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(f"--log-format {log_format!r}: {exc}")
+    os.environ[FORMAT_VAR] = chosen.format
+    return chosen
 
 
 async def _serve(supervisor: Supervisor) -> int:
@@ -208,6 +226,9 @@ def status(
         print(json.dumps(data, indent=2))
         return
     _print_status(data)
+
+
+cli.command()(logs)  # archipel logs SERVICE: beside status, what its processes wrote
 
 
 def _print_status(data: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .._app import App
 from .hygiene import die_with_parent
+from .log_files import RotatingLog
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -48,6 +49,7 @@ class Child:
     leaving: bool = False  # out of the rotation, about to be stopped (scale-down, rollout)
     version: str = ""  # of the code the current process runs (see _deploy.version)
     pump: asyncio.Task[None] | None = None
+    log_file: RotatingLog | None = None  # its lines as received, across restarts (_deploy.log_files)
 
     @property
     def label(self) -> str:
@@ -211,6 +213,8 @@ async def _pump(
 ) -> None:
     assert process.stdout is not None
     async for raw in process.stdout:
+        if child.log_file is not None:
+            child.log_file.write(raw)
         line = raw.decode("utf-8", "replace").rstrip()
         child.output.append(line)
         if echo is not None:

@@ -29,6 +29,9 @@ from one :class:`WorkerSpec`, so a process cannot behave differently under the t
 ``ARCHIPEL_MAX_BODY``           the largest request body accepted, in bytes
 ``ARCHIPEL_PROBE_INTERVAL``     seconds between health probes of each peer replica
 ``ARCHIPEL_SUPERVISOR_PID``     exit when this process is gone (set by the local supervisor)
+``ARCHIPEL_LOG_FORMAT``         ``text`` (the default) or ``json``: one object a line
+``ARCHIPEL_LOG_LEVEL``          ``DEBUG``, ``INFO`` (the default), ``WARNING``, ``ERROR``
+``ARCHIPEL_LOG_QUIET``          ``0``: the MQTT client's and uvicorn's INFO lines too
 ==============================  ================================================================
 
 Credentials and files come from their own variables: ``ARCHIPEL_KEYRING`` or
@@ -46,6 +49,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .._rpc.server import DEFAULT_MAX_BODY
+from .._telemetry.logs import parse_format, parse_level
 
 T = TypeVar("T")
 
@@ -77,6 +81,9 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     open_endpoints: list[str] = msgspec.field(default_factory=list)  # of _rpc.server.OBSERVABLE
     broker_login: bool = True  # log in to the broker with the keyring's login (not on rumqttd)
     reuse_port: bool = False  # SO_REUSEPORT: replicas of the edge share one public port
+    log_format: str = "text"  # or "json" (_telemetry.logs)
+    log_level: str = "INFO"
+    log_quiet: bool = True  # routine MQTT and uvicorn lines held to WARNING below DEBUG
 
     @property
     def instance_name(self) -> str:
@@ -225,6 +232,9 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "policies": _field("ARCHIPEL_POLICIES", lambda value: json.dumps(value, sort_keys=True)),
     "max_body": _field("ARCHIPEL_MAX_BODY"),
     "supervisor_pid": _field("ARCHIPEL_SUPERVISOR_PID"),
+    "log_format": _field("ARCHIPEL_LOG_FORMAT"),
+    "log_level": _field("ARCHIPEL_LOG_LEVEL"),
+    "log_quiet": _field("ARCHIPEL_LOG_QUIET", _write_flag),
 }
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -249,4 +259,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "policies": _policies,
     "max_body": _positive,
     "supervisor_pid": int,
+    "log_format": parse_format,
+    "log_level": parse_level,
+    "log_quiet": _flag,
 }

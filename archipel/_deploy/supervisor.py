@@ -49,6 +49,7 @@ from .children import (
 from .control import serve_control
 from .credentials import DeploymentSecrets
 from .environment import VERSION_VAR, worker_environment
+from .log_files import RotatingLog, log_path
 from .logins import BrokerLogins
 from .plan import DeploymentPlan, Mode, ProcessPlan
 from .replica_set import replica_set
@@ -409,6 +410,9 @@ class Supervisor:
         if child.services:  # a worker, not the broker: which code it runs is what is on disk now
             child.version = self.plan.version or code_version(self.app)
             child.env[VERSION_VAR] = child.version
+        if child.log_file is None and self._state_file is not None:  # where `archipel logs` looks
+            logs = self._state_file.parent / "logs"
+            child.log_file = RotatingLog(log_path(logs, child.name, child.replica))
         await launch(child, self._echo)
 
     async def wait_ready(self, child: Child, timeout: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import os
 import signal
@@ -38,6 +37,7 @@ from .._security.keyring import KEYRING_VAR, Keyring, process_keyring
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError
 from .._security.tls import TlsError, TlsFiles
 from .._security.tokens import Signer, Verifier
+from .._telemetry.logs import LogSettings, adopt_uvicorn, configure_logging
 from .._telemetry.metrics import describe_process
 from .environment import BadEnvironment, WorkerSpec, worker_spec
 from .hygiene import exit_with_parent, set_parent_death_signal
@@ -159,11 +159,10 @@ def uvicorn_config(
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("ARCHIPEL_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-    )
     try:
         spec = worker_spec(os.environ)
+        logs = LogSettings(format=spec.log_format, level=spec.log_level, quiet=spec.log_quiet)
+        configure_logging(logs, process=spec.name, services=spec.services, replica=spec.replica)
         if spec.supervisor_pid:
             _follow_supervisor(spec.supervisor_pid)
         app = load_app(spec.app)
@@ -179,6 +178,7 @@ def main() -> None:
     uv = DrainingServer(
         uvicorn_config(server, spec.host, spec.port, spec.drain, tls), server, spec.drain_delay
     )
+    adopt_uvicorn(logs)  # uvicorn.Config installed its own handlers: ours format its lines too
     signal.signal(signal.SIGUSR2, uv.handle_leave)  # the supervisor removes this replica for good
     asyncio.run(uv.serve(sockets=[shared_socket(spec.host, spec.port)] if spec.reuse_port else None))
     if not uv.started:
