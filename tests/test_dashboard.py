@@ -79,6 +79,25 @@ archipel_events_handled_total{handler="send_confirmation",outcome="dead",service
 """
 
 
+def test_parse_reads_what_prometheus_client_reads_and_names_a_bad_line() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = AFTER + 'archipel_calls_total{caller="a\\"b\\\\c\\nd",method="m",outcome="ok",service="s"} 2.5e3\n'
+    expected = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(
+            ("archipel_calls_total", "archipel_call_duration_seconds_bucket", "archipel_events")
+        )
+    }
+    assert parse(text, 0.0, ["a"]).samples == expected
+    escaped = (("caller", 'a"b\\c\nd'), ("method", "m"), ("outcome", "ok"), ("service", "s"))
+    assert expected[("archipel_calls_total", escaped)] == 2500.0  # the escapes undone
+    with pytest.raises(ValueError, match="archipel_calls_total"):
+        parse('archipel_calls_total{caller="a} 1\n', 0.0, ["a"])
+
+
 def test_call_edges_from_two_scrapes_give_rate_error_rate_and_percentiles() -> None:
     before, after = parse(BEFORE, 100.0, ["frontend"]), parse(AFTER, 110.0, ["frontend"])
     catalog, currency = call_edges([(before, after)])

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 INTERVAL = 1.0  # seconds between scrapes, as the page polls
 WINDOW = 5  # scrapes a rate is measured over: steady enough to read, recent enough to follow
+IDLE = 15.0  # seconds without a page asking: scraping pauses, and costs the processes nothing
 TIMEOUT = aiohttp.ClientTimeout(total=1)  # a paused or hung process shows within a scrape or two
 
 
@@ -35,6 +36,8 @@ class Collector:
         # By replica: the pid scraped, and its last scrapes (a restarted process starts afresh).
         self._scrapes: dict[str, tuple[int | None, collections.deque[Scrape]]] = {}
         self._responsive: dict[str, bool] = {}
+        self._asked = time.monotonic()  # when the page last asked for a snapshot
+        self._built = 0.0
         self._topic_of = {
             (h.service, h.name): h.topic for spec in supervisor.app.specs.values() for h in spec.handlers
         }
@@ -46,10 +49,24 @@ class Collector:
         return {"authorization": "Bearer " + scrape_token(secret, self.supervisor.deployment)}
 
     async def run(self) -> None:
+        idle = False
         while True:
             started = time.monotonic()
-            await self.refresh()
+            if started - self._asked > IDLE:
+                idle = True
+            else:
+                if idle:  # scrapes from before the pause would average rates over it
+                    self._scrapes.clear()
+                    idle = False
+                await self.refresh()
             await asyncio.sleep(max(0.0, INTERVAL - (time.monotonic() - started)))
+
+    async def current(self) -> dict[str, Any]:
+        """The snapshot, refreshed first if scraping was paused while nobody looked."""
+        self._asked = time.monotonic()
+        if self._asked - self._built > 2 * INTERVAL:
+            await self.refresh()
+        return self.snapshot
 
     async def refresh(self) -> None:
         children = [c for c in self.supervisor.children if not c.retired]
@@ -57,7 +74,8 @@ class Collector:
         live = {c.label for c in children}
         for label in set(self._scrapes) - live:
             del self._scrapes[label]
-        self.snapshot = self._build(time.monotonic())
+        self._built = time.monotonic()
+        self.snapshot = self._build(self._built)
 
     async def _scrape(self, child: Child) -> None:
         ok = False

@@ -5,10 +5,9 @@ letters). Pure functions of Prometheus text, so they are tested on fixed samples
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client.parser import text_string_to_metric_families
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -27,12 +26,39 @@ class Scrape:
                 yield dict(labels), value
 
 
+# Only the series the edges need: a general parser of the whole text costs the supervisor
+# several times more, once a second for every process.
+WANTED = (
+    "archipel_calls_total",
+    "archipel_call_duration_seconds_bucket",
+    "archipel_events_published_total",
+    "archipel_events_handled_total",
+)
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
+_ESCAPE = re.compile(r"\\(.)")  # \\ \" \n in a label value
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
 def parse(text: str, at: float, services: Sequence[str]) -> Scrape:
-    """Prometheus text exposition as a :class:`Scrape`. Raises ValueError on malformed text."""
+    """The samples of :data:`WANTED` in Prometheus text exposition, as a :class:`Scrape`.
+    Raises ValueError naming a malformed line."""
     scrape = Scrape(at, tuple(services))
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            scrape.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    for line in text.splitlines():
+        if not line.startswith(WANTED):
+            continue
+        sample = _SAMPLE.match(line)
+        if sample is None:
+            raise ValueError(f"not a Prometheus sample: {line!r}")
+        name, raw, value = sample.groups()
+        labels = []
+        position = 0
+        while raw and position < len(raw):
+            label = _LABEL.match(raw, position)
+            if label is None:
+                raise ValueError(f"malformed labels in {line!r}")
+            labels.append((label[1], _ESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], label[2])))
+            position = label.end()
+        scrape.samples[(name, tuple(sorted(labels)))] = float(value)
     return scrape
 
 

@@ -136,7 +136,7 @@ class Dashboard:
         return web.FileResponse(STATIC / name, headers={"content-type": FILES[name]})
 
     async def _snapshot(self, request: web.Request) -> web.StreamResponse:
-        snapshot = self.collector.snapshot
+        snapshot = await self.collector.current()
         feed = {"dead_letters": self.feed.dead_letters, "note": self.feed.note}
         return web.json_response({**snapshot, "controls": self.controls_enabled, "feed": feed})
 
