@@ -429,6 +429,10 @@ async def test_the_shop_in_the_dashboard_then_currency_paused_and_resumed(tmp_pa
                 trace_id = await method.locator("pre.result a").inner_text()
                 await method.locator("pre.result a").click()  # to the trace view of that call
                 await expect(page.locator("#waterfall")).to_contain_text(trace_id)
+                # The order's trace: from the storefront over HTTP, then its events over MQTT.
+                await page.locator("#trace-list a", has_text="POST /order").first.click()
+                await expect(page.locator("#waterfall .bar.http").first).to_be_visible()
+                await expect(page.locator("#waterfall .bar.mqtt").first).to_be_visible()
                 await _shot(page, tmp_path, "trace.png")
             finally:
                 await browser.close()
