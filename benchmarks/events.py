@@ -1,6 +1,7 @@
 """Publish -> consume of a small event at QoS 1 through one broker, per system and broker.
 
-    python benchmarks/events.py [--quick] [-n 20000] [--latency-n 10000] [--out FILE.json]
+    python benchmarks/events.py [--quick] [-n 20000] [--latency-n 10000] [--loop uvloop|asyncio]
+                                 [--out FILE.json]
 
 The JSON result goes to ``--out`` (default ``benchmarks/results/events.json``).
 
@@ -55,6 +56,7 @@ SYSTEMS = ("archipel", "archipel-outbox", "gmqtt", "zmqtt", "faststream", "molec
 BROKERS = ("embedded", "mosquitto", "rumqttd")
 RAW = ("gmqtt", "zmqtt")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOOP = ["uvloop"]  # every Python peer's event loop (--loop): the workers' own by default
 
 
 class PeerFailed(Exception):
@@ -193,6 +195,7 @@ def peer_command(system: str, role: str, url: str, broker: str, options: dict[st
     ]
     if system.startswith("archipel") and broker != "rumqttd":
         command.append("--durable")  # the supervisor's choice: durable sessions except on rumqttd
+    command.append(f"--loop={LOOP[0]}")
     return command
 
 
@@ -440,7 +443,11 @@ def main() -> None:
     parser.add_argument("--brokers", default=",".join(BROKERS))
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for any one step of a run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "events.json")
+    parser.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="every Python peer's event loop"
+    )
     args = parser.parse_args()
+    LOOP[0] = args.loop
     if args.quick:
         args.n, args.latency_n, args.warmup, args.timeout = 300, 200, 50, 20.0
         if "--brokers" not in sys.argv:
@@ -475,6 +482,7 @@ def main() -> None:
         "machine": machine(),
         "versions": versions(),
         "parameters": {
+            "loop": LOOP[0],
             "n": args.n,
             "latency_n": args.latency_n,
             "warmup": args.warmup,

@@ -523,7 +523,9 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.call:
-        asyncio.run(python_caller(args))
+        import uvloop  # every Python caller on the loop the workers run
+
+        uvloop.run(python_caller(args))
         return
     if args.quick:
         args.calls, args.concurrency, args.per_caller = 30, 2, 15

@@ -97,6 +97,7 @@ class Deployment:
             sys.executable, "-m", "archipel", "run", self.app_ref,
             "--mode", self.placement.mode, "--config", str(config), "--port", "0",
             "--state-dir", str(state_dir), "--data-dir", str(data_dir), "--quiet",
+            "--no-dashboard",  # its observer would receive every event of the measured run
         ]  # fmt: skip
         started = time.perf_counter()
         with self.log.open("wb") as log:

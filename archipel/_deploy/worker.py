@@ -21,6 +21,7 @@ import time
 from types import FrameType
 
 import uvicorn
+import uvloop
 
 from .._app import App
 from .._errors import DefinitionError
@@ -141,8 +142,9 @@ def uvicorn_config(
     connection is closed after this many seconds; ``max_connections``: with this many connections
     open (or requests in progress), a new request is answered 503 at once.
 
-    The protocol is uvicorn's httptools one with those limits: a third less CPU per call than
-    h11, and faster (docs/decisions/0010-http-stack.md, which also says why not uvloop yet)."""
+    The protocol is uvicorn's httptools one with those limits, on uvloop: a third less CPU per
+    call than h11, and uvloop another 12-22 % less (docs/decisions/0010-http-stack.md). ``main``
+    runs the server in uvloop itself; ``loop`` here only matters to ``uvicorn.Server.run``."""
     return uvicorn.Config(
         server,
         host=host,
@@ -151,7 +153,7 @@ def uvicorn_config(
         lifespan="on",
         log_level="warning",
         access_log=False,
-        loop="asyncio",
+        loop="uvloop",
         timeout_graceful_shutdown=math.ceil(drain),  # uvicorn takes whole seconds
         timeout_keep_alive=keep_alive,
         h11_max_incomplete_event_size=max_header_bytes,
@@ -183,7 +185,7 @@ def main() -> None:
     )
     adopt_uvicorn(logs)  # uvicorn.Config installed its own handlers: ours format its lines too
     signal.signal(signal.SIGUSR2, uv.handle_leave)  # the supervisor removes this replica for good
-    asyncio.run(uv.serve(sockets=[shared_socket(spec.host, spec.port)] if spec.reuse_port else None))
+    uvloop.run(uv.serve(sockets=[shared_socket(spec.host, spec.port)] if spec.reuse_port else None))
     if not uv.started:
         sys.exit(3)
 

@@ -355,8 +355,17 @@ def main() -> None:
     parser.add_argument("--feedback", type=int, required=True, help="the publisher's UDP port")
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--durable", action="store_true", help="archipel: durable MQTT sessions")
+    parser.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the event loop (workers run uvloop)"
+    )
     args = parser.parse_args()
-    asyncio.run(consume(args) if args.role == "consume" else publish(args))
+    main = consume(args) if args.role == "consume" else publish(args)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 if __name__ == "__main__":
