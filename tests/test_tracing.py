@@ -4,8 +4,10 @@ guarded like /metrics; spans leave by OTLP when OTEL_* says so; a bad traceparen
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -155,6 +157,15 @@ async def test_traces_is_guarded_like_metrics_and_checks_its_query() -> None:
             assert bad.status_code == 400 and "limit must be a whole number" in bad.text
 
 
+async def test_open_endpoints_opens_traces() -> None:
+    async with run_app(shop_app, "monolith", open_endpoints=["traces"]) as shop:
+        http = httpx.AsyncClient(base_url=shop.url_of("frontend"), timeout=10)
+        async with http:
+            answer = await http.get("/traces", params={"limit": "0"})
+            assert answer.status_code == 200 and answer.json()["spans"] == []
+            assert (await http.get("/metrics")).status_code == 401  # only what was named
+
+
 # --- One worker of the diary app, as a deployer starts it ---------------------------------------
 
 
@@ -299,3 +310,38 @@ async def test_a_bad_otel_variable_is_named(tmp_path: Path, workers: list[subpro
     workers.append(process)
     output = process.communicate(timeout=30)[0]
     assert process.returncode != 0 and "OTEL_TRACES_EXPORTER='zipkin': unknown zipkin" in output
+
+
+# --- docs/observability.md, Tracing ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracing_section() -> str:
+    return (ROOT / "docs" / "observability.md").read_text().split("## Tracing", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_documented_traces_answer_keeps_the_contract() -> None:
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", tracing_section(), re.S | re.M)
+    answer = json.loads(next(text for language, text in blocks if language == "json"))
+    assert set(answer) == {"process", "spans"}
+    for span in answer["spans"]:
+        check_contract(span)
+
+
+def test_the_documented_benchmark_runs() -> None:
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", tracing_section(), re.S | re.M)
+    shell = [text for language, text in blocks if not language]
+    commands = [shlex.split(line.split("#", 1)[0]) for line in shell[0].splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["python", "benchmarks/tracing.py"]] * 2
+    quick = next(c for c in commands if "--quick" in c)
+    result = subprocess.run(
+        [sys.executable, *quick[1:], "--out", os.devnull],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| RPC calls/s, 16 callers |" in result.stdout and "| events/s, closed loop |" in result.stdout
+    assert "failed:" not in result.stdout, result.stdout
