@@ -58,7 +58,8 @@ def test_a_killed_monolith_fails_calls_and_a_killed_optional_service_fails_no_pa
 
     monolith = the_result.row("monolith: kill monolith").extra
     assert monolith["failed"] > 0 and monolith["unavailable_s"] > 0
-    assert all(figures["fraction"] > 0.5 for figures in monolith["per_call"].values() if figures["calls"])
+    during = monolith["per_call"].values()  # a call at the window's edge may still succeed
+    assert sum(f["failed"] for f in during) > 0.5 * sum(f["calls"] for f in during), monolith["per_call"]
     # The order accepted just before the kill is mailed after the restart (the outbox kept it).
     assert monolith["events"]["orders_accepted"] == monolith["events"]["orders_mailed"] >= 1
 
