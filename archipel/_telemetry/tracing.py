@@ -41,8 +41,9 @@ DISABLED_VAR = "OTEL_SDK_DISABLED"
 EXPORTER_VAR = "OTEL_TRACES_EXPORTER"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 PROTOCOL_VARS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-TRACEPARENT_NOTE = "traceparent"  # Invocation.notes: the traceparent a served request came with,
-# and the one a remote call sends (its client span's)
+# Invocation.notes: the traceparent a served request came with, and the one a remote call sends
+# (its client span's), under the header's name (_rpc.server and _rpc.client use it).
+TRACEPARENT_NOTE = _context.TRACEPARENT
 DEFAULT_LIMIT = 500  # spans /traces answers with unless ?limit= says otherwise
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
