@@ -10,9 +10,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import aiohttp
 
 from .._app import App
 from .hygiene import die_with_parent
@@ -219,6 +222,27 @@ async def _pump(
         child.output.append(line)
         if echo is not None:
             echo(child.label, line)
+
+
+async def wait_ready(child: Child, timeout: float, tls: ssl.SSLContext | None = None) -> None:
+    """Return once ``child`` itself answers ``/readyz`` with 200; StartupError if it exits or is
+    not ready within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    # A new connection for each look: replicas of the edge share its port (SO_REUSEPORT), the
+    # kernel picks one per connection, and only this child's own answer (its pid) says it is ready.
+    connector = aiohttp.TCPConnector(ssl=tls or True, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        while time.monotonic() < deadline:
+            check_alive(child)
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                async with session.get(child.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    answer = await r.json(content_type=None)
+                    mine = child.process is not None and answer.get("pid") == child.process.pid
+                    if r.status == 200 and mine:
+                        child.ready = True
+                        return
+            await asyncio.sleep(0.05)  # poll interval while the child boots
+    raise StartupError(f"{child.label} was not ready within {timeout:.0f}s\n{child.tail()}")
 
 
 def check_alive(child: Child) -> None:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from .._app import App
@@ -45,6 +44,7 @@ from .children import (
     launch,
     stop_waves,
     terminate,
+    wait_ready,
 )
 from .control import serve_control
 from .credentials import DeploymentSecrets
@@ -416,20 +416,7 @@ class Supervisor:
         await launch(child, self._echo)
 
     async def wait_ready(self, child: Child, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        connector = aiohttp.TCPConnector(ssl=self.tls.client_context() or True)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            while time.monotonic() < deadline:
-                check_alive(child)
-                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with session.get(
-                        child.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
-                    ) as r:
-                        if r.status == 200:
-                            child.ready = True
-                            return
-                await asyncio.sleep(0.05)  # poll interval while the child boots
-        raise StartupError(f"{child.label} was not ready within {timeout:.0f}s\n{child.tail()}")
+        await wait_ready(child, timeout, self.tls.client_context())
 
     # -- watch ------------------------------------------------------------------------------
 

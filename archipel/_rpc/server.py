@@ -316,6 +316,9 @@ class RpcServer:
                 "draining": self.draining,
                 "version": self.version,
                 "services": list(self.runtime.instances),
+                # Replicas of the edge share one port: the supervisor tells its new replica's
+                # answer from the old one's by this.
+                "pid": os.getpid(),
             }
         )
         await _respond(send, 200 if ready else 503, body)
