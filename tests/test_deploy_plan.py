@@ -297,7 +297,13 @@ async def test_probes_take_a_replica_out_while_not_ready_and_back_when_ready() -
             await _until(lambda: membership.healthy("cart") == [one.url])
             two.ready = True
             await _until(lambda: membership.healthy("cart") == [one.url, two.url])
+            back: list[str] = []
+            membership.on_back(back.append)
             await one.stop()  # gone: nothing listens
+            await _until(lambda: membership.healthy("cart") == [two.url])
+            await one.start()  # restarted: announced to the breakers as back in rotation
+            await _until(lambda: back == [one.url])
+            await one.stop()
             await _until(lambda: membership.healthy("cart") == [two.url])
             await two.stop()
             await _until(lambda: membership.is_down(two.url))

@@ -193,6 +193,20 @@ def test_breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown(
     assert breaker.succeeded() and breaker.state == CLOSED and breaker.admit(12.6)
 
 
+def test_an_open_breaker_probes_at_once_when_its_replica_passes_its_health_probe() -> None:
+    breakers = Breakers(
+        Policies.from_config({"backend": {"breaker_failures": 1}}, app), lambda s: ["http://a"]
+    )
+    breaker = breakers.breaker("backend", "http://a")
+    assert breaker.failed(10.0) and not breaker.admit(10.1)  # open, cooling down (5 s by default)
+    breakers.back_in_rotation("http://b")  # another replica: nothing changes here
+    assert not breaker.admit(10.2)
+    breakers.back_in_rotation("http://a")  # restarted and ready again
+    assert breaker.admit(10.3) and breaker.state == HALF_OPEN  # the probe goes now, not at 15.0
+    assert not breaker.admit(10.4)  # still one probe at a time
+    assert breaker.succeeded() and breaker.state == CLOSED
+
+
 async def test_breakers_route_around_an_open_replica_then_fail_fast() -> None:
     policies = Policies.from_config({"backend": {"breaker_failures": 2, "breaker_cooldown": 60}}, app)
     breakers = Breakers(policies, lambda service: ["http://a", "http://b"])

@@ -28,6 +28,7 @@ from .._errors import DefinitionError
 from .._events.bus import EventBus, LocalBus
 from .._interceptors import default_interceptors
 from .._loader import AppNotFound, load_app
+from .._resilience.breaker import Breakers
 from .._resilience.policies import Policies
 from .._rpc.client import HttpTransport
 from .._rpc.limits import limited_httptools
@@ -101,12 +102,16 @@ def build_server(
         membership=membership,
     )
     policies = Policies.from_config(spec.policies, app)
+    interceptors = default_interceptors(app, policies, endpoints=transport.endpoints)
+    for interceptor in interceptors:
+        if isinstance(interceptor, Breakers):  # a replica back in rotation needs no cool-down
+            membership.on_back(interceptor.back_in_rotation)
     runtime = Runtime(
         app,
         spec.services,
         bus,
         remote=transport.proxy,
-        interceptors=default_interceptors(app, policies, endpoints=transport.endpoints),
+        interceptors=interceptors,
         instance=spec.instance_name,  # stable across restarts: takes back its outbox leases
     )
     return RpcServer(

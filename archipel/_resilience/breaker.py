@@ -82,6 +82,13 @@ class CircuitBreaker:
             return True
         return False
 
+    def ready_again(self) -> None:
+        """The replica's health probe passed: an open breaker lets its probe call through now
+        instead of at the end of its cool-down (a restarted replica serves again within a probe
+        interval, not a cool-down)."""
+        if self.state == OPEN:
+            self.opened_at = float("-inf")
+
     def released(self) -> None:
         """A call ended without a verdict (cancelled): a probe's turn goes to the next call."""
         if self.state == HALF_OPEN:
@@ -112,6 +119,12 @@ class Breakers:
 
     def wants(self, site: Site) -> bool:
         return site.kind == "call" and site.remote
+
+    def back_in_rotation(self, endpoint: str) -> None:
+        """``endpoint`` passed its health probe again (``Membership.on_back``)."""
+        for (_, url), breaker in self._breakers.items():
+            if url == endpoint:
+                breaker.ready_again()
 
     def breaker(self, service: str, endpoint: str) -> CircuitBreaker:
         breaker = self._breakers.get((service, endpoint))

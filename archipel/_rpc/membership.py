@@ -55,6 +55,7 @@ class Membership:
         self._down: set[str] = set()  # base URLs out of the rotation
         self._failures: dict[str, int] = {}  # failed probes in a row, per base URL
         self._unresponsive: list[Callable[[str], None]] = []
+        self._back: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._read_file()
 
@@ -102,6 +103,11 @@ class Membership:
         waiting on it (a host cut off the network, a frozen process) and try elsewhere."""
         self._unresponsive.append(listener)
 
+    def on_back(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(url)`` when a replica out of rotation passes its probe again (a
+        restarted process): its circuit breakers need not wait out their cool-down."""
+        self._back.append(listener)
+
     def _has_alternative(self, url: str) -> bool:
         return any(
             url in urls and any(other != url and other not in self._down for other in urls)
@@ -133,6 +139,8 @@ class Membership:
                 if ready and url in self._down:
                     self._down.discard(url)
                     log.info("replica %s is back in rotation", url)
+                    for listener in self._back:
+                        listener(url)
                 elif not ready and url not in self._down:
                     self._down.add(url)
                     log.info("replica %s is out of rotation: not ready", url)
