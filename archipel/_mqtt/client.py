@@ -255,7 +255,7 @@ class MqttClient:
                 raise ConnectionLost("connection to the MQTT broker lost")
             packet_id = connection.packet_id()
             answer = connection.expect(packet_id)
-            connection.write(packets.publish(topic, payload, packet_id, properties))
+            connection.write_soon(packets.publish(topic, payload, packet_id, properties))
             ack = await answer
         if ack.reasons[0] >= 0x80:
             raise Rejected(f"PUBLISH to {topic}", ack.reasons[0])
@@ -267,7 +267,7 @@ class MqttClient:
             return True
         if connection is None or connection.closed or connection.generation != message.generation:
             return False
-        connection.write(packets.puback(message.packet_id))
+        connection.write_soon(packets.puback(message.packet_id))
         return True
 
     async def subscribe(self, topic_filter: str, qos: int, identifier: int | None = None) -> None:

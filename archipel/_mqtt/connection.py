@@ -44,6 +44,7 @@ class Connection(asyncio.Protocol):
         self._on_message = on_message
         self._on_lost = on_lost
         self._buffer = bytearray()
+        self._outgoing: list[bytes] = []  # write_soon's packets, written at the end of this turn
         self._keep_alive = keep_alive
         self._loop = asyncio.get_running_loop()
         self._last_received = self._loop.time()
@@ -108,7 +109,24 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionLost("not connected to the MQTT broker")
+        if self._outgoing:
+            self._flush()  # what was queued goes first: a DISCONNECT never overtakes an ack
         self.transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Queue ``data`` to be written with everything else queued in this turn of the event
+        loop: the PUBACKs of a burst of messages and the PUBLISHes of a burst of emits each leave
+        in one system call instead of one per packet (a third of a consumer's CPU otherwise)."""
+        if self.closed or self.transport is None:
+            raise ConnectionLost("not connected to the MQTT broker")
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(data)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(outgoing))
 
     def expect(self, packet_id: int) -> asyncio.Future[Ack]:
         future: asyncio.Future[Ack] = self._loop.create_future()
@@ -134,6 +152,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._flush()
             self.transport.close()
 
     def abort(self) -> None:
