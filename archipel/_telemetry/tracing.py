@@ -200,19 +200,24 @@ class ServeSpans:
             if span is None:
                 return await call_next(invocation)
             _context.set_traceparent(span.traceparent)  # the method's calls and events: its children
-            try:
-                result = await call_next(invocation)
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
-            span.attributes["http.response.status_code"] = 200
-            span.end()
-            return result
+            return await _answered(span, invocation, call_next)
 
         return serve
 
     async def __call__(self, invocation: Invocation, call_next: Next) -> Any:
         return await self.for_site(invocation.site)(invocation, call_next)
+
+
+async def _answered(span: Span, invocation: Invocation, call_next: Next) -> Any:
+    """Run the call in ``span``: an answer ends it with status 200, an exception as failed."""
+    try:
+        result = await call_next(invocation)
+    except BaseException as exc:
+        _failed(span, exc)
+        raise
+    span.attributes["http.response.status_code"] = 200
+    span.end()
+    return result
 
 
 class CallSpans:
@@ -233,14 +238,7 @@ class CallSpans:
             if span is None:
                 return await call_next(invocation)
             invocation.notes[TRACEPARENT_NOTE] = span.traceparent  # what the transport sends
-            try:
-                result = await call_next(invocation)
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
-            span.attributes["http.response.status_code"] = 200
-            span.end()
-            return result
+            return await _answered(span, invocation, call_next)
 
         return call
 
