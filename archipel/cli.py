@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +26,7 @@ from ._deploy.log_commands import logs
 from ._deploy.operator import broker_login, call, token
 from ._deploy.plan import MODES, settings_plan
 from ._deploy.statefile import is_stopped, pid_alive, read_state
-from ._deploy.supervisor import StartupError, Supervisor
+from ._deploy.supervisor import Companion, StartupError, Supervisor
 from ._errors import DefinitionError
 from ._events.commands import events
 from ._model import Service
@@ -118,8 +119,7 @@ def run(
             state_file=state_dir / STATE_FILE,
             control_socket=state_dir / CONTROL_SOCKET,
             env=TlsFiles(settings.tls.cert, settings.tls.key, settings.tls.ca).env(),
-            dashboard_port=dashboard_port if dashboard else None,
-            dashboard_controls=dashboard_controls,
+            companion=_dashboard(dashboard_port, dashboard_controls) if dashboard else None,
         )
     except (DefinitionError, ValueError) as exc:
         _fail(str(exc))
@@ -144,6 +144,17 @@ def _log_settings(log_format: str | None) -> LogSettings:
         _fail(f"--log-format {log_format!r}: {exc}")
     os.environ[FORMAT_VAR] = chosen.format
     return chosen
+
+
+def _dashboard(port: int, controls: bool) -> Callable[[Supervisor], Companion]:
+    """The live dashboard on 127.0.0.1 (imported only when served: it brings its web server)."""
+
+    def make(supervisor: Supervisor) -> Companion:
+        from ._dashboard import Dashboard
+
+        return Dashboard(supervisor, port=port, controls=controls)
+
+    return make
 
 
 async def _serve(supervisor: Supervisor) -> int:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -58,8 +58,18 @@ from .startup import check_ports, check_state_file, planned_ports
 from .statefile import process_start, read_state, write_state
 from .version import SHAPE_VAR, app_shape, code_version
 
-if TYPE_CHECKING:
-    from .._dashboard import Dashboard
+
+class Companion(Protocol):
+    """Something served beside the deployment while it runs (the dashboard): started once every
+    process is ready, before the state file names its ``url``; stopped first."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def start(self) -> object: ...
+
+    async def stop(self) -> None: ...
+
 
 log = logging.getLogger("archipel.supervisor")
 
@@ -112,8 +122,7 @@ class Supervisor:
         probe_interval_peers: float = 1.0,
         version: str = "",
         control_socket: Path | None = None,
-        dashboard_port: int | None = None,
-        dashboard_controls: bool = False,
+        companion: Callable[[Supervisor], Companion] | None = None,
     ) -> None:
         """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
         and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
@@ -152,9 +161,9 @@ class Supervisor:
         self.changes = Changes(self)  # rollouts and scaling, one at a time
         self._control_path = control_socket  # where `archipel rollout` and `archipel scale` connect
         self._control: asyncio.AbstractServer | None = None
-        # The live dashboard on 127.0.0.1 (None: not served); its controls only when asked for.
-        self._dashboard_port, self._dashboard_controls = dashboard_port, dashboard_controls
-        self.dashboard: Dashboard | None = None
+        # The live dashboard (None: not served), made by whoever runs us: it depends on us, not we on it.
+        self._companion = companion
+        self.dashboard: Companion | None = None
         # What every replica runs: the same plan the Compose and Kubernetes generators write out.
         self.plan = DeploymentPlan(
             app_ref=app_ref,
@@ -295,25 +304,21 @@ class Supervisor:
         self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         if self.broker_url is not None and self.mode == "microservices":
             self._watchers.append(asyncio.create_task(self._broker.watch()))
-        if self._dashboard_port is not None:  # before the state file: it names the dashboard
-            await self._serve_dashboard(self._dashboard_port)
+        if self._companion is not None:  # before the state file: it names the dashboard
+            await self._serve_dashboard(self._companion)
         self._published = True
         self._broker.save()
         self._changed()
         if self._control_path is not None:
             self._control = await serve_control(self._control_path, self._command)
 
-    async def _serve_dashboard(self, port: int) -> None:
-        from .._dashboard import Dashboard  # only when served: it brings the web server
-
-        self.dashboard = Dashboard(self, port=port, controls=self._dashboard_controls)
+    async def _serve_dashboard(self, make: Callable[[Supervisor], Companion]) -> None:
+        self.dashboard = make(self)
         try:
             await self.dashboard.start()
         except OSError as exc:
             await self.stop()  # the dashboard's half-open parts too
-            raise StartupError(
-                f"the dashboard cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
-            ) from None
+            raise StartupError(f"the dashboard cannot listen: {exc.strerror or exc}") from None
 
     async def _command(self, request: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
         """One request of the control channel (``_deploy.control``)."""
