@@ -29,6 +29,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 # in a test (where systemd runs, Debian also starts its own service on :9090).
 command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# npm installs the Marp CLI that renders the presentation (docs/slides) with that Chromium.
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 # Playwright's bundled node (the browser tests drive /usr/bin/chromium with it) needs libatomic.so.1.
 [[ "$(dpkg-query -W -f='${Status}' libatomic1 2>/dev/null)" == *"ok installed"* ]] || need_apt+=(libatomic1)
 if [ -z "${ARCHIPEL_PYTHON:-}" ] && ! command -v python3 >/dev/null; then
@@ -89,4 +91,18 @@ else
   rm -f "$STAMP"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
   echo "$wanted" >"$STAMP"
+fi
+
+# The presentation's tools, pinned in docs/slides/package-lock.json: `npm ci` from the npm registry
+# when the lock changed. Marp uses /usr/bin/chromium (docs/slides/build.sh): never download one.
+SLIDES=docs/slides
+SLIDES_STAMP=$SLIDES/node_modules/.archipel-setup  # the lock the last successful npm ci installed
+slides_wanted=$(sha256sum "$SLIDES/package-lock.json" | cut -d' ' -f1)
+if [ -x "$SLIDES/node_modules/.bin/marp" ] && [ -f "$SLIDES_STAMP" ] && [ "$(cat "$SLIDES_STAMP")" = "$slides_wanted" ]; then
+  echo "setup: $SLIDES/node_modules is up to date"
+else
+  echo "setup: npm ci in $SLIDES"
+  (cd "$SLIDES" && PUPPETEER_SKIP_DOWNLOAD=1 PUPPETEER_SKIP_CHROMIUM_DOWNLOAD=1 \
+    npm ci --no-audit --no-fund --loglevel=error)
+  echo "$slides_wanted" >"$SLIDES_STAMP"
 fi
