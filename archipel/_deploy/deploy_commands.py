@@ -47,7 +47,7 @@ ModeOption = Annotated[
 ConfigOption = Annotated[Path | None, typer.Option(help="archipel.toml or pyproject.toml")]
 OutOption = Annotated[
     Path | None,
-    typer.Option(help="the folder to write into; default: deploy/TARGET[/MODE] beside the settings"),
+    typer.Option(help="where to write; default: deploy/TARGET/MODE or deploy/TARGET, beside the settings"),
 ]
 ImageOption = Annotated[
     str | None, typer.Option(help="the app's image; default: DEPLOYMENT:ARCHIPEL_VERSION")
