@@ -56,7 +56,6 @@ class Membership:
         self._failures: dict[str, int] = {}  # failed probes in a row, per base URL
         self._unresponsive: list[Callable[[str], None]] = []
         self._back: list[Callable[[str], None]] = []
-        self._seen_ready: set[str] = set()  # replicas that passed a probe at least once
         self._task: asyncio.Task[None] | None = None
         self._read_file()
 
@@ -137,19 +136,14 @@ class Membership:
             verdicts = await asyncio.gather(*(self._probe(session, url) for url in urls))
             for url, ready in zip(urls, verdicts, strict=True):
                 self._failures[url] = 0 if ready else self._failures.get(url, 0) + 1
-                # Peers starting together fail each other's first probes: said only for a replica
-                # that had been ready, so a start-up does not read as a string of outages.
-                said = log.info if url in self._seen_ready else log.debug
-                if ready:
-                    self._seen_ready.add(url)
                 if ready and url in self._down:
                     self._down.discard(url)
-                    said("replica %s is back in rotation", url)
+                    log.info("replica %s is back in rotation", url)
                     for listener in self._back:
                         listener(url)
                 elif not ready and url not in self._down:
                     self._down.add(url)
-                    said("replica %s is out of rotation: not ready", url)
+                    log.info("replica %s is out of rotation: not ready", url)
                 if self._failures[url] == UNRESPONSIVE_AFTER and self._has_alternative(url):
                     log.warning("replica %s fails its probes: calls waiting on it move on", url)
                     for listener in self._unresponsive:
