@@ -223,13 +223,19 @@ def placements_for(app: App, extra: Sequence[str], settings: Settings | None) ->
     return chosen
 
 
+# The arguments ``archipel bench`` and ``archipel plan`` share.
+AppArgument = Annotated[str, typer.Argument(help="module:attribute or path/to/file.py[:attribute]")]
+MixOption = Annotated[
+    Path | None,
+    typer.Option(help="a Locust file: its @task methods are the mix (default: near the app)"),
+]
+CallsOption = Annotated[Path | None, typer.Option(help="a TOML or JSON file listing the calls, instead")]
+
+
 def bench(
-    app: Annotated[str, typer.Argument(help="module:attribute or path/to/file.py[:attribute]")],
-    mix: Annotated[
-        Path | None,
-        typer.Option(help="a Locust file: its @task methods are the mix (default: near the app)"),
-    ] = None,
-    calls: Annotated[Path | None, typer.Option(help="a TOML or JSON file listing the calls, instead")] = None,
+    app: AppArgument,
+    mix: MixOption = None,
+    calls: CallsOption = None,
     placement: Annotated[
         list[str] | None, typer.Option(help="NAME=svc+svc,svc+svc: a mixed placement, repeatable")
     ] = None,

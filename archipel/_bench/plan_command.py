@@ -28,7 +28,17 @@ from .._deploy.loading import command_app, command_settings, fail
 from .._deploy.settings import Settings
 from . import render, result
 from .advisor import Advice, AdviceError, Rules, advise
-from .command import Plan, _locustfile_near, console, load_mix, placements_for, run
+from .command import (
+    AppArgument,
+    CallsOption,
+    MixOption,
+    Plan,
+    _locustfile_near,
+    console,
+    load_mix,
+    placements_for,
+    run,
+)
 from .deployment import PlacementError, StartFailed
 from .mix import MixError
 from .observe import Observation, observe
@@ -124,12 +134,9 @@ def _mean(the_result: result.Result, row: result.Row) -> float | None:
 
 
 def plan(
-    app: Annotated[str, typer.Argument(help="module:attribute or path/to/file.py[:attribute]")],
-    mix: Annotated[
-        Path | None,
-        typer.Option(help="a Locust file: its @task methods are the mix (default: near the app)"),
-    ] = None,
-    calls: Annotated[Path | None, typer.Option(help="a TOML or JSON file listing the calls, instead")] = None,
+    app: AppArgument,
+    mix: MixOption = None,
+    calls: CallsOption = None,
     config: Annotated[
         Path | None, typer.Option(help="an archipel.toml whose groups are verified too, as 'configured'")
     ] = None,
