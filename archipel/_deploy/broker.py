@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from typing import Literal
 import iotcore
 
 from .._events.mqtt import DEFAULT_PORT, parse_broker_url
+from .children import free_port
 
 EMBEDDED = "embedded"
 RUMQTTD = "rumqttd"
@@ -87,14 +87,6 @@ def broker_kind(option: str) -> BrokerKind:
     return "url"
 
 
-def _free_port(host: str) -> int:
-    # rumqttd would accept port 0 but never tells us which port it got, so pick one first.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RumqttdBroker:
     """rumqttd with an MQTT 5 listener, running in a child process::
 
@@ -104,7 +96,8 @@ class RumqttdBroker:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
-        self.port = port or _free_port(host)
+        # rumqttd would accept port 0 but never tells us which port it got, so pick one first.
+        self.port = port or free_port(host)
         self._broker: iotcore.Broker | None = None
         self._config_path: str | None = None
 

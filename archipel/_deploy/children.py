@@ -8,12 +8,14 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -115,11 +117,33 @@ class BrokerHealth:
     error: str | None = None
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port free on ``host``, chosen below the kernel's ephemeral range: a port picked there
+    can be taken by any outgoing connection before the child binds it (seen in CI under load)."""
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 12000 else 1024
+    for _attempt in range(200):
+        port = random.randrange(first, low)
+        if port not in _handed_out and port_is_free(host, port):
+            if len(_handed_out) > 4096:  # a long-lived supervisor: old ports are long gone
+                _handed_out.clear()
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # a crowded range: let the kernel choose
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def port_is_free(host: str, port: int) -> bool:
