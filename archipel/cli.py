@@ -43,7 +43,7 @@ from ._telemetry.logs import (
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(events, name="events")
-cli.add_typer(broker_files)  # archipel broker-auth
+cli.add_typer(broker_files)  # archipel broker-auth, archipel keyring
 cli.add_typer(deploy, name="deploy")  # archipel deploy docker|compose|kubernetes|secrets
 cli.command()(call)
 cli.command()(token)

@@ -11,14 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 from rich.console import Console
 
+from .._app import App
 from .._errors import DefinitionError
+from .._security.keyring import keyring_for
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
-from .acl import broker_auth_files
+from .acl import _write_private, broker_auth_files
 from .loading import command_app, command_settings, fail
-from .plan import plan
+from .plan import DeploymentPlan, settings_plan
+from .settings import Settings
 
 broker_files = typer.Typer(add_completion=False, help="Broker logins and access rules.")
 console = Console(highlight=False)
@@ -65,12 +69,9 @@ def broker_auth(
     """Write the broker logins of APP's processes (one per process, from the placement in the
     settings' groups), the supervisor's and the observer's, and their access rules."""
     settings = command_settings(config)
-    _, the_app = command_app(app, settings)
+    reference, the_app = command_app(app, settings)
     name = deployment or settings.deployment or the_app.name
-    try:
-        processes = {p.name: p.services for p in plan(the_app, "microservices", settings.groups)}
-    except DefinitionError as exc:
-        fail(str(exc))
+    processes = _placement(reference, the_app, settings).login_owners()
     secret = _secret()
     folder = out.absolute()
     try:
@@ -87,3 +88,35 @@ def broker_auth(
     for path in (passwords, acl, snippet):
         console.print(f"  {path.name}")
     console.print(f"each process logs in as {name}.PROCESS, its password derived from the secret")
+
+
+def _placement(reference: str, app: App, settings: Settings) -> DeploymentPlan:
+    try:
+        return settings_plan(reference, app, settings, mode="microservices")
+    except DefinitionError as exc:
+        fail(str(exc))
+
+
+@broker_files.command("keyring")
+def keyring(
+    service: Annotated[str, typer.Argument(help="the external service (or process) it is for")],
+    out: Annotated[Path, typer.Option(help="the file to write (mode 0600)")],
+    app: Annotated[str | None, typer.Option(help="module:attribute or path/to/file.py[:attribute]")] = None,
+    deployment: Annotated[
+        str | None, typer.Option(help="the deployment name (topic root); default: the app's name")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="archipel.toml or pyproject.toml")] = None,
+) -> None:
+    """Write the keyring of SERVICE: the keys that check its callers' credentials, sign its own
+    calls, and its broker login. Hand it to an external service (ARCHIPEL_KEYRING_FILE) that runs
+    elsewhere; it holds no more than that service needs, never the secret."""
+    settings = command_settings(config)
+    reference, the_app = command_app(app, settings)
+    name = deployment or settings.deployment or the_app.name
+    owners = _placement(reference, the_app, settings).login_owners()
+    if service not in owners:
+        fail(f"no process or external service {service!r}; there are: {', '.join(owners)}")
+    ring = keyring_for(the_app, name, service, owners[service], [_secret()])
+    _write_private(out.absolute(), msgspec.json.encode(ring).decode())
+    console.print(f"keyring of {service!r} in deployment {name!r} written to {out} (mode 0600)")
+    console.print(f"give it to the process as ARCHIPEL_KEYRING_FILE={out.absolute()}")

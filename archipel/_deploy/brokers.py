@@ -90,6 +90,7 @@ class BrokerKeeper:
         app: App,
         deployment: str,
         plans: Sequence[ProcessPlan],
+        remote: Sequence[str] = (),
         host: str,
         port: int,
         data_dir: Path,
@@ -111,6 +112,7 @@ class BrokerKeeper:
         self._mosquitto = choice.mosquitto
         self._fallback = choice.fallback
         self.app, self.deployment, self.plans = app, deployment, plans
+        self.remote = remote  # external services reached by URL: they log in under their own name
         self.host, self.port = host, port
         self.data_dir = data_dir
         self._env, self.tls, self._secret = env, tls, secret
@@ -178,6 +180,7 @@ class BrokerKeeper:
             assert self._mosquitto is not None
             # Its logins and ACL, written anew from the app and the secret at every start.
             processes = {plan.name: list(plan.services) for plan in self.plans}
+            processes.update({service: [service] for service in self.remote})
             passwords, acl = broker_auth_files(self.app, self.deployment, processes, self._secret(), self.dir)
             tls = self.tls if self.tls.serves_https else None  # with HTTPS, mqtts:// too
             scheme = "mqtts" if tls is not None else "mqtt"

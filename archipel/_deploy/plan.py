@@ -6,6 +6,7 @@ Placement is configuration (``archipel.toml`` or ``[tool.archipel]``), never ser
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,30 @@ class ProcessPlan:
     name: str
     services: tuple[str, ...]
     replicas: int = 1
+    # A service implemented outside this app (another language, say), started with its own
+    # command locally and its own image in containers, under the same process contract.
+    command: tuple[str, ...] = ()
+    cwd: str | None = None
+    image: str | None = None
+
+    @property
+    def foreign(self) -> bool:
+        """Whether the process runs something else than Archipel's Python worker."""
+        return bool(self.command or self.image)
+
+
+@dataclass(frozen=True)
+class External:
+    """Where a service implemented outside this app runs (``[external.NAME]`` in the settings).
+
+    ``url``: reached at these addresses, started by someone else. Otherwise it is a process of
+    the plan: ``command`` is what ``archipel run`` starts (in ``cwd``), ``image`` what containers
+    run. Either way it speaks the app's contracts: its methods over HTTP, its events on the broker."""
+
+    url: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    cwd: str | None = None
+    image: str | None = None
 
 
 def plan(
@@ -33,16 +58,20 @@ def plan(
     mode: Mode,
     groups: Mapping[str, Sequence[str]] | None = None,
     replicas: Mapping[str, int] | None = None,
+    external: Mapping[str, External] | None = None,
 ) -> list[ProcessPlan]:
-    """One process for the monolith; in microservices one per group, then one per service left."""
+    """One process for the monolith; in microservices one per group, then one per service left.
+    An external service reached by URL has no process; one with a command or an image has its own."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     names = list(app.specs)
     replicas = dict(replicas or {})
+    external = dict(external or {})
+    check_external(app, mode, external, groups or {})
     if mode == "monolith":
         return [ProcessPlan("monolith", tuple(names), replicas.get("monolith", 1))]
     plans: list[ProcessPlan] = []
-    placed: dict[str, str] = {}
+    placed: dict[str, str] = {name: "external" for name, where in external.items() if where.url}
     for group, members in (groups or {}).items():
         for member in members:
             if member not in app.specs:
@@ -55,7 +84,12 @@ def plan(
                 )
             placed[member] = group
         plans.append(ProcessPlan(group, tuple(members), replicas.get(group, 1)))
-    plans += [ProcessPlan(n, (n,), replicas.get(n, 1)) for n in names if n not in placed]
+    for name in names:
+        if name not in placed:
+            where = external.get(name, External())
+            plans.append(
+                ProcessPlan(name, (name,), replicas.get(name, 1), where.command, where.cwd, where.image)
+            )
     for process in plans:
         if process.replicas < 1:
             raise DefinitionError(f"process {process.name!r}: replicas must be at least 1")
@@ -63,6 +97,40 @@ def plan(
     if unknown:
         raise DefinitionError(f"replicas set for unknown process(es): {', '.join(sorted(unknown))}")
     return plans
+
+
+def check_external(
+    app: App, mode: Mode, external: Mapping[str, External], groups: Mapping[str, Sequence[str]]
+) -> None:
+    """Refuse an ``[external]`` table that cannot be placed, naming the service and the fix."""
+    grouped = {member: group for group, members in groups.items() for member in members}
+    for name, where in external.items():
+        if name not in app.specs:
+            raise DefinitionError(
+                f"[external.{name}]: {name!r} is not a service of {app.name!r}; "
+                f"its services: {', '.join(app.specs)}"
+            )
+        if mode == "monolith":
+            raise DefinitionError(
+                f'[external.{name}]: an external service needs mode = "microservices": '
+                "its calls and events cross processes"
+            )
+        if name in grouped:
+            raise DefinitionError(
+                f"[external.{name}]: {name!r} is also in group {grouped[name]!r}; an external "
+                "service runs in a process of its own"
+            )
+        if where.url and (where.command or where.image):
+            raise DefinitionError(
+                f"[external.{name}]: give either url (started elsewhere) or command/image (started "
+                "by this deployment), not both"
+            )
+        if not (where.url or where.command or where.image):
+            raise DefinitionError(f"[external.{name}]: say where it runs: url, command or image")
+        for url in where.url:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise DefinitionError(f"[external.{name}]: url {url!r} must be http:// or https://host:port")
 
 
 DEFAULT_PORT = 8000  # what each process listens on in a container; the first port locally
@@ -88,6 +156,8 @@ class DeploymentPlan:
     tls: bool = False  # processes serve HTTPS (their certificate by reference: ARCHIPEL_TLS_*)
     drain: float = 5.0  # seconds for calls in progress at exit, then as much for event handlers
     version: str = ""
+    # External services reached by URL (no process of the plan): service -> base URLs.
+    remote: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def process(self, name: str) -> ProcessPlan:
         for process in self.processes:
@@ -108,7 +178,13 @@ class DeploymentPlan:
     def callers(self, process: ProcessPlan) -> list[str]:
         """The other processes that call ``process``'s services: the only ones that need to
         reach it (Kubernetes NetworkPolicies are generated from this)."""
-        names = {self.process_of(caller).name for s in process.services for caller in self.app.callers_of(s)}
+        placed = {s for p in self.processes for s in p.services}
+        names = {
+            self.process_of(caller).name
+            for s in process.services
+            for caller in self.app.callers_of(s)
+            if caller in placed  # an external service reached by URL has no process here
+        }
         return sorted(names - {process.name})
 
     def called_by(self, process: ProcessPlan) -> set[str]:
@@ -119,6 +195,13 @@ class DeploymentPlan:
     def serves_pages(self, process: ProcessPlan) -> bool:
         """Whether ``process`` hosts a service with its own web routes (an edge of the system)."""
         return any(self.app.specs[s].cls.asgi_app is not Service.asgi_app for s in process.services)
+
+    def login_owners(self) -> dict[str, list[str]]:
+        """Who logs in to the broker (process -> its services): every process, and each
+        external service reached by URL under its own name."""
+        owners = {p.name: list(p.services) for p in self.processes}
+        owners.update({service: [service] for service in self.remote})
+        return owners
 
     def handles_events(self, process: ProcessPlan) -> bool:
         return any(self.app.specs[s].handlers for s in process.services)
@@ -177,8 +260,10 @@ def deployment_plan(
     tls: bool = False,
     drain: float = 5.0,
     version: str = "",
+    external: Mapping[str, External] | None = None,
 ) -> DeploymentPlan:
-    """The plan of ``app`` deployed as ``mode`` (see :func:`plan` for groups and replicas)."""
+    """The plan of ``app`` deployed as ``mode`` (see :func:`plan` for groups, replicas and
+    external services)."""
     name = deployment or app.name
     if not _NAME.match(name):
         raise DefinitionError(f"deployment {name!r} must be lower case letters, digits, '-' or '_'")
@@ -187,7 +272,7 @@ def deployment_plan(
         app=app,
         deployment=name,
         mode=mode,
-        processes=tuple(plan(app, mode, groups, replicas)),
+        processes=tuple(plan(app, mode, groups, replicas, external)),
         broker=broker,
         port=port,
         policies=dict(policies or {}),
@@ -196,6 +281,7 @@ def deployment_plan(
         tls=tls,
         drain=drain,
         version=version,
+        remote={name: where.url for name, where in (external or {}).items() if where.url},
     )
 
 
@@ -216,6 +302,7 @@ def settings_plan(
         "authenticate": settings.authenticate,
         "open_endpoints": settings.open_endpoints,
         "tls": bool(settings.tls.cert),
+        "external": external_of(settings),
     }
     arguments.update({key: value for key, value in overrides.items() if value is not None})
     return deployment_plan(app_ref, app, mode=chosen, **arguments)
@@ -228,3 +315,17 @@ def called_services(app: App, services: Sequence[str]) -> set[str]:
         dependency.__service_name__ for s in services for dependency in app.specs[s].dependencies.values()
     }
     return called - set(services)
+
+
+def external_of(settings: Settings) -> dict[str, External]:
+    """The ``[external]`` table of the settings as placements."""
+    found: dict[str, External] = {}
+    for name, entry in settings.external.items():
+        urls = [entry.url] if isinstance(entry.url, str) else list(entry.url or [])
+        found[name] = External(
+            url=tuple(u.rstrip("/") for u in urls),
+            command=tuple(entry.command or ()),
+            cwd=entry.cwd,
+            image=entry.image,
+        )
+    return found

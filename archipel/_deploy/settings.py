@@ -21,6 +21,10 @@
     ca = "certs/ca.pem"           # what callers trust; default: the system's store
     [policies]                    # resilience policies (archipel._resilience.policies)
     timeout = 5.0
+    [external.shipping]           # a service implemented elsewhere, under the same contracts:
+    command = ["node", "shipping-node/src/main.js"]   # started by `archipel run` (from this folder)
+    image = "shop/shipping-node:1"                    # what Compose and Kubernetes run
+    # url = "http://shipping.example:8000"            # or: reached there, started by someone else
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class TlsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cert: str | None = None  # the processes' certificate (PEM): they serve HTTPS
     key: str | None = None  # its private key (PEM)
     ca: str | None = None  # what callers verify certificates with (PEM), instead of the system's
+
+
+class ExternalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: str | list[str] | None = None  # reached at this address (or these replicas)
+    command: list[str] | None = None  # started by `archipel run` with the ARCHIPEL_* variables
+    cwd: str | None = None  # where the command runs, relative to the settings file (default: its folder)
+    image: str | None = None  # the container image `archipel deploy` writes for it
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +66,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     )
     authenticate: bool = True
     tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
+    external: dict[str, ExternalSettings] = msgspec.field(default_factory=dict)
     source: str | None = None  # the file the settings came from
 
 
@@ -88,6 +100,9 @@ def load_settings(path: Path) -> Settings:
         value = getattr(settings.tls, name)
         if value:
             setattr(settings.tls, name, str((path.parent / value).resolve()))
+    for entry in settings.external.values():
+        if entry.command is not None:
+            entry.cwd = str((path.parent / (entry.cwd or ".")).resolve())
     if settings.data_dir:
         settings.data_dir = str((path.parent / settings.data_dir).resolve())
     if settings.app and (".py" in settings.app or "/" in settings.app):

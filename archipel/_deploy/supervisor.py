@@ -123,6 +123,7 @@ class Supervisor:
         version: str = "",
         control_socket: Path | None = None,
         companion: Callable[[Supervisor], Companion] | None = None,
+        remote: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """``deployment`` (default: the app's name) is the MQTT topic root and prefixes client ids
         and share groups; ``data_dir`` (default ``.archipel/data/<deployment>``) is the app's
@@ -133,7 +134,8 @@ class Supervisor:
         The deployment's secret comes from ``ARCHIPEL_SECRET``/``ARCHIPEL_SECRET_FILE`` (in ``env``
         or the environment), else from ``secret`` in the data directory, made on first start. Each
         process gets its own keyring, never the secret. ``authenticate=False`` serves internal
-        methods to anyone (development only); ``open_endpoints`` opens /metrics or /openapi.json."""
+        methods to anyone (development only); ``open_endpoints`` opens /metrics or /openapi.json.
+        ``remote``: external services reached by URL (service -> base URLs), started elsewhere."""
         self.app_ref, self.app, self.plans, self.mode = app_ref, app, plans, mode
         self.deployment = deployment or app.name
         if not _NAME.match(self.deployment):
@@ -179,6 +181,7 @@ class Supervisor:
             tls=self.tls.serves_https,
             drain=grace / 3,
             version=version,
+            remote={name: tuple(urls) for name, urls in (remote or {}).items()},
         )
         self._open_endpoints = list(open_endpoints)
         self._echo = echo
@@ -197,6 +200,7 @@ class Supervisor:
             app=app,
             deployment=self.deployment,
             plans=plans,
+            remote=list(remote or {}),
             host=host,
             port=broker_port,
             data_dir=self.data_dir,
@@ -230,6 +234,7 @@ class Supervisor:
             open_endpoints=plan.open_endpoints,
             grace=plan.grace,
             version=plan.version,
+            remote=plan.remote,
             **local,
         )
 
@@ -340,9 +345,10 @@ class Supervisor:
             pick_port=lambda: free_port(self.host),
             shared=[p.name for p in self.plans if self.plan.serves_pages(p)],
         )
-        peers = {
-            s: [self._url(port) for port in chosen[p.name].values()] for p in self.plans for s in p.services
-        }
+        peers = {name: list(urls) for name, urls in self.plan.remote.items()}
+        peers.update(
+            {s: [self._url(port) for port in chosen[p.name].values()] for p in self.plans for s in p.services}
+        )
         for process in self.plans:
             for replica, port in chosen[process.name].items():
                 self.children.append(self.new_child(process, replica, port, peers))
@@ -382,18 +388,25 @@ class Supervisor:
             KEYRING_VAR: msgspec.json.encode(keyring).decode(),
             SHAPE_VAR: json.dumps(app_shape(self.app)),  # what the keyrings and broker rules fit
         }
+        if process.foreign and not process.command:
+            raise StartupError(
+                f"[external.{process.name}] has an image but no command: `archipel run` needs the "
+                "command that starts it on this machine"
+            )
         return Child(
             process.name,
-            [sys.executable, "-m", "archipel.worker"],
+            list(process.command) or [sys.executable, "-m", "archipel.worker"],
             env,
             url=self._url(port),
             services=process.services,
             replica=replica,
+            cwd=process.cwd,
         )
 
     def peers(self) -> dict[str, list[str]]:
-        """Each service's replicas, but those on their way out (scale-down, rollout)."""
-        peers: dict[str, list[str]] = {}
+        """Each service's replicas, but those on their way out (scale-down, rollout); external
+        services reached by URL at their configured addresses."""
+        peers: dict[str, list[str]] = {name: list(urls) for name, urls in self.plan.remote.items()}
         for child in self.children:
             for service in child.services:
                 urls = peers.setdefault(service, [])

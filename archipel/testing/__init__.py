@@ -17,14 +17,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
 
 from .._app import App
-from .._deploy.plan import Mode, ProcessPlan, plan
+from .._deploy.plan import External, Mode, ProcessPlan, check_external, plan
 from .._deploy.supervisor import EMBEDDED, Supervisor, free_port
 from .._deploy.worker import uvicorn_config
 from .._events.bus import LocalBus
@@ -40,7 +40,7 @@ from .._security.secrets import new_secret
 from .._security.tokens import Signer, Verifier, operator_headers
 from ._recorder import EventRecorder
 
-__all__ = ["EventRecorder", "RunningApp", "Topology", "run_app"]
+__all__ = ["EventRecorder", "External", "RunningApp", "Topology", "run_app"]
 
 S = TypeVar("S", bound=Service)
 
@@ -53,6 +53,9 @@ class Topology:
     mode: Mode
     broker: str | None = None
     durable: bool | None = None  # durable MQTT sessions; None: the supervisor's choice (not on rumqttd)
+    # Services implemented outside the app (``[external.NAME]``): started by their command, or
+    # reached by URL. Microservices only.
+    external: Mapping[str, External] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, value: Topology | str) -> Topology:
@@ -171,6 +174,7 @@ async def run_app(
     the_app = load_app(app) if isinstance(app, str) else app
     checked = Policies.from_config(policies, the_app)  # a bad key fails here, before anything starts
     where = Topology.parse(topology)
+    check_external(the_app, where.mode, where.external, groups or {})  # before anything starts
     scratch = None if data_dir is not None else tempfile.mkdtemp(prefix="archipel-test-")
     env = {**(env or {}), DATA_DIR_VAR: _absolute(data_dir or scratch or ".")}
     try:
@@ -184,7 +188,7 @@ async def run_app(
                 reference,
                 where,
                 env,
-                plan(the_app, "microservices", groups, replicas),
+                plan(the_app, "microservices", groups, replicas, where.external),
                 timeout,
                 max_body,
                 policies,
@@ -280,9 +284,10 @@ async def _microservices(
         data_dir=(env or {}).get(DATA_DIR_VAR),
         open_endpoints=open_endpoints,
         echo=_echo if os.environ.get("ARCHIPEL_TEST_ECHO") else None,
+        remote={name: where.url for name, where in topology.external.items() if where.url},
     )
     await supervisor.start(timeout)
-    replicas: dict[str, list[str]] = {}
+    replicas: dict[str, list[str]] = {name: list(urls) for name, urls in supervisor.plan.remote.items()}
     for child in supervisor.children:
         for service in child.services:
             replicas.setdefault(service, []).append(child.url)

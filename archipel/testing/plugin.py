@@ -22,7 +22,7 @@ import pwd
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -124,14 +124,24 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+# A test module may add topologies of its own: ``ARCHIPEL_EXTRA_TOPOLOGIES = {id: factory}``, the
+# factory taking the fixture request (to reach other fixtures) and returning a Topology. The shop's
+# end-to-end tests add one with a service swapped for its Node.js implementation.
+Extra = Callable[[pytest.FixtureRequest], Topology]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "archipel_topology" in metafunc.fixturenames:
-        metafunc.parametrize("archipel_topology", _selected(), indirect=True)
+        extra: dict[str, Extra] = getattr(metafunc.module, "ARCHIPEL_EXTRA_TOPOLOGIES", {})
+        metafunc.parametrize("archipel_topology", [*_selected(), *extra], indirect=True)
 
 
 @pytest.fixture
 def archipel_topology(request: pytest.FixtureRequest) -> Topology:
     name: str = request.param
+    extra: dict[str, Extra] = getattr(request.module, "ARCHIPEL_EXTRA_TOPOLOGIES", {})
+    if name in extra:
+        return extra[name](request)
     if name == "monolith":
         return Topology("monolith")
     if name == "microservices-mosquitto":

@@ -153,7 +153,9 @@ def worker_env(
     """The ``ARCHIPEL_*`` variables of ``process`` in a container: ``address(process name)`` is
     the DNS name that reaches a process's replicas."""
     peers = {
-        service: [f"http://{address(plan.process_of(service).name)}:{plan.port}"]
+        service: list(plan.remote[service])
+        if service in plan.remote
+        else [f"http://{address(plan.process_of(service).name)}:{plan.port}"]
         for service in plan.app.specs
     }
     spec = plan.worker(
@@ -191,6 +193,12 @@ def check_supported(plan: DeploymentPlan) -> None:
             "[tls] is set: `archipel deploy` does not write TLS set-ups yet (certificates by reference, "
             "probes over HTTPS); terminate TLS in front of the edge process or in a service mesh"
         )
+    for process in plan.processes:
+        if process.command and not process.image:
+            raise DefinitionError(
+                f"[external.{process.name}] has a command but no image: containers need the image "
+                "that runs it (image = ...)"
+            )
     if BROKER in plan.process_names:
         raise DefinitionError(f"a process named {BROKER!r} would clash with the broker's name; rename it")
 

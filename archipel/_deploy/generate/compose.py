@@ -137,7 +137,7 @@ def _process(
     env = worker_env(plan, process, address=lambda name: name, broker_url=broker_url)
     env.update(references(f"/run/secrets/{keyring}"))
     service: dict[str, Any] = {
-        "image": image,
+        "image": process.image or image,
         "environment": env,
         "secrets": [keyring],
         "volumes": [f"{process.name}-data:{DATA_DIR}"],
@@ -155,6 +155,8 @@ def _process(
         "stop_grace_period": f"{stop_seconds(plan)}s",
         "restart": "unless-stopped",
     }
+    if process.foreign:  # no Python in its image: the HEALTHCHECK its own image declares, if any
+        del service["healthcheck"]
     if own_broker:
         service["depends_on"] = {BROKER: {"condition": "service_healthy"}}
     if plan.serves_pages(process):  # the edge: one host port per replica

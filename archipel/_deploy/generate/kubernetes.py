@@ -145,7 +145,7 @@ def _process(names: Names, process: ProcessPlan, image: str) -> list[dict[str, A
         env.append({"name": STORE_URL_VAR, "valueFrom": {"secretKeyRef": store}})
     container = {
         "name": "worker",
-        "image": image,
+        "image": process.image or image,
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": plan.port, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": resource + "-settings"}}],

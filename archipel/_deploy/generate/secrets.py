@@ -32,15 +32,15 @@ def write_secrets(plan: DeploymentPlan, secrets: Sequence[bytes], out: Path) -> 
     """Write the credential files of ``plan`` into ``out``; return the folders written."""
     _private_dir(out)
     folders = []
-    for process in plan.processes:
-        folder = _private_dir(out / keyring_secret(plan, process.name))
-        keyring = keyring_for(plan.app, plan.deployment, process.name, process.services, list(secrets))
+    # Every process's keyring, and each external service's reached by URL: hand that one over.
+    for name, services in plan.login_owners().items():
+        folder = _private_dir(out / keyring_secret(plan, name))
+        keyring = keyring_for(plan.app, plan.deployment, name, services, list(secrets))
         _write_private(folder / KEYRING, msgspec.json.encode(keyring).decode())
         folders.append(folder)
     if plan.uses_broker:
         folder = _private_dir(out / broker_secret(plan))
-        processes = {process.name: process.services for process in plan.processes}
-        broker_auth_files(plan.app, plan.deployment, processes, secrets[0], folder)
+        broker_auth_files(plan.app, plan.deployment, plan.login_owners(), secrets[0], folder)
         folders.append(folder)
     # The current secret's token: the processes accept the tokens of every secret they are given.
     folder = _private_dir(out / scrape_secret(plan))
