@@ -15,7 +15,7 @@ from archipel._resilience.policies import DEFAULT
 from archipel._resilience.retry import MAX_BACKOFF
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^\| `(\w+)` \| ([0-9.]+)(?: s)?\b(.*?)\|", re.MULTILINE)
+ROW = re.compile(r"^\| `(\w+)` \| ([0-9.]+)(?: s)?\b(.*)$", re.MULTILINE)
 
 
 def documented_defaults(page: Path) -> dict[str, tuple[float, str]]:
