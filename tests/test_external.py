@@ -10,7 +10,9 @@ example app ``examples/hello``. The Node.js implementation of the shop's ``shipp
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -28,6 +30,7 @@ from archipel._deploy.settings import ConfigError, load_settings
 from archipel._errors import DefinitionError
 from archipel._loader import load_app
 from archipel.testing import RunningApp, Topology, run_app
+from tests.test_cli import wait_for_status
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = ROOT / "examples" / "hello" / "hello.py"
@@ -242,3 +245,43 @@ async def eventually(read: object, expected: object, timeout: float = 20.0) -> o
             if last == expected:
                 return last
             await asyncio.sleep(0.1)  # polling a condition, bounded by the timeout
+
+
+def test_archipel_run_starts_the_command_shows_both_kinds_and_calls_them(tmp_path: Path) -> None:
+    (tmp_path / "launch.py").write_text(
+        "import os, sys\nos.execv(sys.executable, [sys.executable, '-m', 'archipel.worker'])\n"
+    )
+    names = f"http://127.0.0.1:{free_port()}"  # nothing there: started elsewhere, later
+    write_settings(
+        tmp_path,
+        f"""
+        port = 0
+        [external.guestbook]
+        command = ["{sys.executable}", "launch.py"]   # relative to this file's folder
+        [external.names]
+        url = "{names}"
+        """,
+    )
+    state = tmp_path / "state"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "archipel", "run", "--state-dir", str(state)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        status = wait_for_status(state, runner)
+        assert status["external"] == {"names": [names]}
+        assert sorted(p["name"] for p in status["processes"]) == ["greeter", "guestbook"]
+        table = cli("status", "--state-dir", str(state), cwd=tmp_path)
+        assert "names (external)" in table.stdout and names.split("://")[1] in table.stdout
+        entries = cli("call", "guestbook.entries", "--state-dir", str(state), cwd=tmp_path)
+        assert entries.returncode == 0 and json.loads(entries.stdout) == []
+        away = cli("call", "names.normalize", '{"name": "ada"}', "--state-dir", str(state), cwd=tmp_path)
+        assert away.returncode != 0 and names.split("://")[1] in away.stderr + away.stdout
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 0, output
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BIN / "archipel", *args], cwd=cwd, capture_output=True, text=True, timeout=60)

@@ -77,7 +77,7 @@ def token(
     assert service is not None
     if not 0 < ttl <= MAX_TTL:
         _fail(f"--ttl must be between 0 and {MAX_TTL} seconds; services refuse longer-lived credentials")
-    if not any(service in p["services"] for p in data["processes"]):
+    if not _urls(data, service):
         _fail(f"deployment {data['deployment']!r} has no service {service!r}")
     typer.echo(operator_header(data, service, ttl))
 
@@ -98,7 +98,7 @@ def call(
         _fail(f"the arguments are not JSON: {exc}")
     if not isinstance(body, dict):
         _fail("the arguments must be a JSON object of the parameters by name")
-    urls = [p["url"] for p in data["processes"] if service in p["services"]]
+    urls = _urls(data, service)
     if not urls:
         _fail(f"deployment {data['deployment']!r} has no service {service!r}")
     request = urllib.request.Request(
@@ -138,3 +138,9 @@ def broker_login(state_dir: StateDir = Path(".archipel")) -> None:
             ["--cafile", os.environ[CA_VAR]] if os.environ.get(CA_VAR) else ["--capath", "/etc/ssl/certs"]
         )
     typer.echo(" ".join(options))
+
+
+def _urls(data: dict[str, Any], service: str) -> list[str]:
+    """Where ``service`` of the running deployment answers: its processes, or its external URLs."""
+    urls = [p["url"] for p in data["processes"] if service in p["services"]]
+    return urls or list(data.get("external", {}).get(service, []))

@@ -572,5 +572,6 @@ class Supervisor:
             "supervisor_started": process_start(os.getpid()),
             "updated": time.time(),
             "processes": [c.status() for c in self.children],
+            "external": {name: list(urls) for name, urls in self.plan.remote.items()},  # reached by URL
             "dashboard": None if self.dashboard is None else self.dashboard.url,
         }
