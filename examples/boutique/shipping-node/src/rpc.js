@@ -1,0 +1,161 @@
+/**
+ * The HTTP server, with archipel's wire contract (archipel/_rpc/server.py): `POST /shipping/{method}`
+ * with a JSON object of the arguments by name, the credential checked before the body is read,
+ * the result as JSON (200) or `{"error": {...}}` with the error's status; `/healthz`, `/readyz`.
+ */
+import { createServer } from 'node:http';
+
+import { ArchipelError, badRequest, errorBody, payloadTooLarge } from './errors.js';
+import { log } from './log.js';
+import { ARGUMENTS, ValidationError } from './schema.js';
+import { getQuote, shipOrder } from './shipping.js';
+
+const SERVICE = 'shipping';
+const TIMEOUT_HEADER = 'x-archipel-timeout-ms';
+const JSON_TYPE = { 'content-type': 'application/json' };
+const CHALLENGE = { ...JSON_TYPE, 'www-authenticate': 'Bearer realm="archipel"' };
+
+/** @type {Record<string, (args: any) => unknown>} */
+const METHODS = { get_quote: getQuote, ship_order: shipOrder };
+
+/**
+ * @param {{
+ *   verifier: import('./tokens.js').Verifier | null, maxBody: number, version: string,
+ *   ready: () => boolean,
+ * }} options
+ */
+export function rpcServer({ verifier, maxBody, version, ready }) {
+  const state = { draining: false };
+
+  /** @param {import('node:http').ServerResponse} res @param {number} status @param {string} body @param {Record<string, string>} [headers] */
+  const respond = (res, status, body, headers = JSON_TYPE) => {
+    /** @type {Record<string, string>} */
+    const all = { ...headers, 'content-length': String(Buffer.byteLength(body)) };
+    if (state.draining) all.connection = 'close'; // shed kept-alive connections while draining
+    res.writeHead(status, all);
+    res.end(body);
+  };
+
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const method = req.method ?? 'GET';
+    const name = path.startsWith(`/${SERVICE}/`) ? path.slice(SERVICE.length + 2) : null;
+    if (name !== null && Object.hasOwn(METHODS, name) && method === 'POST') {
+      call(name, req, res).catch((error) => {
+        log('ERROR', `${SERVICE}.${name} failed to answer: ${error}`);
+        res.destroy();
+      });
+    } else if (method === 'GET' && path === '/healthz') {
+      respond(res, 200, '{"status":"ok"}');
+    } else if (method === 'GET' && path === '/readyz') {
+      const isReady = ready() && !state.draining;
+      const body = { ready: isReady, draining: state.draining, version, services: [SERVICE], pid: process.pid };
+      respond(res, isReady ? 200 : 503, JSON.stringify(body));
+    } else if (name !== null && !name.includes('/') && Object.hasOwn(METHODS, name)) {
+      const body = errorBody('method_not_allowed', `use POST for ${path}`, SERVICE, name);
+      respond(res, 405, body, { ...JSON_TYPE, allow: 'POST' });
+    } else if (name !== null && name !== '' && !name.includes('/')) {
+      respond(res, 404, errorBody('not_found', `service '${SERVICE}' has no rpc method '${name}'`, SERVICE, name));
+    } else {
+      respond(res, 404, errorBody('not_found', `no route ${method} ${path}`));
+    }
+    req.resume(); // a body nobody reads must not hold the connection
+  });
+
+  /** @param {string} name @param {import('node:http').IncomingMessage} req @param {import('node:http').ServerResponse} res */
+  async function call(name, req, res) {
+    let status = 200;
+    let body;
+    let headers = JSON_TYPE;
+    try {
+      try {
+        // Before the body is read: a caller without a credential costs no more than this.
+        if (verifier !== null) verifier.caller(req.headers.authorization, SERVICE);
+        const raw = await readBody(req, maxBody);
+        const args = decode(name, raw);
+        const timeout = req.headers[TIMEOUT_HEADER];
+        if (typeof timeout === 'string' && !isMilliseconds(timeout)) {
+          throw badRequest(`${TIMEOUT_HEADER} must be a number of ms`);
+        }
+        body = JSON.stringify(METHODS[name](args));
+      } catch (error) {
+        if (error instanceof ArchipelError && error.status === 401) headers = CHALLENGE;
+        throw error;
+      }
+    } catch (error) {
+      if (error instanceof ArchipelError) {
+        status = error.status;
+        body = errorBody(error.kind, error.message, SERVICE, name, error.details);
+      } else {
+        const id = [...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, '0')).join('');
+        log('ERROR', `${SERVICE}.${name} raised (error id ${id}): ${/** @type {Error} */ (error).stack ?? error}`);
+        status = 500;
+        const message = `internal error in ${SERVICE}.${name}; error id ${id} in the service's log`;
+        body = errorBody('internal', message, SERVICE, name, { error_id: id });
+      }
+    }
+    respond(res, status, body, headers);
+  }
+
+  return {
+    server,
+    state,
+    /** Stop taking connections; resolves once the calls in progress are answered (or `seconds` passed). @param {number} seconds */
+    close(seconds) {
+      state.draining = true;
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          server.closeAllConnections();
+          resolve(undefined);
+        }, seconds * 1000);
+        server.close(() => {
+          clearTimeout(timer);
+          resolve(undefined);
+        });
+        server.closeIdleConnections();
+      });
+    },
+  };
+}
+
+/** What Python's float() reads, NaN excepted. @param {string} text */
+function isMilliseconds(text) {
+  const t = text.trim();
+  return /^[+-]?(inf|infinity)$/i.test(t) || /^[+-]?([0-9]+(_[0-9]+)*)?(\.[0-9]*)?(e[+-]?[0-9]+)?$/i.test(t) && /[0-9]/.test(t);
+}
+
+/** @param {import('node:http').IncomingMessage} req @param {number} maxBody @returns {Promise<Buffer>} */
+async function readBody(req, maxBody) {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && /^[0-9]+$/.test(declared) && Number(declared) > maxBody) {
+    throw payloadTooLarge(`body of ${Number(declared)} bytes exceeds ${maxBody}`);
+  }
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > maxBody) throw payloadTooLarge(`body exceeds ${maxBody} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** The arguments of method `name` from the request body, or a 400/422. @param {string} name @param {Buffer} raw */
+export function decode(name, raw) {
+  let text = raw.toString('utf8');
+  if (text.trim() === '') text = '{}'; // no body is no arguments: a 422 names the first required one
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw badRequest(`body is not valid JSON: ${/** @type {Error} */ (error).message}`);
+  }
+  try {
+    return /** @type {Record<string, import('./schema.js').Type>} */ (ARGUMENTS)[name].check(value, '$');
+  } catch (error) {
+    if (error instanceof ValidationError) {
+      throw new ArchipelError('invalid_argument', 422, error.message, { path: error.path }, 'InvalidArgument');
+    }
+    throw error;
+  }
+}
