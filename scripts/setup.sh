@@ -106,3 +106,17 @@ else
     npm ci --no-audit --no-fund --loglevel=error)
   echo "$slides_wanted" >"$SLIDES_STAMP"
 fi
+
+# The shop's shipping service on Node.js (examples/boutique/shipping-node), pinned in its
+# package-lock.json: `npm ci` when the lock changed. tests/boutique/test_shipping_node.py runs it.
+SHIPPING_NODE=examples/boutique/shipping-node
+SHIPPING_NODE_STAMP=$SHIPPING_NODE/node_modules/.archipel-setup  # the lock the last npm ci installed
+shipping_node_wanted=$(sha256sum "$SHIPPING_NODE/package-lock.json" | cut -d' ' -f1)
+if [ -d "$SHIPPING_NODE/node_modules/mqtt" ] && [ -f "$SHIPPING_NODE_STAMP" ] \
+  && [ "$(cat "$SHIPPING_NODE_STAMP")" = "$shipping_node_wanted" ]; then
+  echo "setup: $SHIPPING_NODE/node_modules is up to date"
+else
+  echo "setup: npm ci in $SHIPPING_NODE"
+  (cd "$SHIPPING_NODE" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$shipping_node_wanted" >"$SHIPPING_NODE_STAMP"
+fi

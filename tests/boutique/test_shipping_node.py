@@ -1,0 +1,606 @@
+"""The shipping service written for Node.js (examples/boutique/shipping-node) against the Python one:
+the same answers to the same calls (refusals included), the same credentials checks, and the same
+events over a real Mosquitto, seen by archipel's own bus and dispatcher. Both run as real processes.
+
+Needs node (>= 20) and the package's dependencies (``npm ci`` in examples/boutique/shipping-node,
+done by scripts/setup.sh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from boutique.app import app
+from boutique.shipping import tracking_id
+from boutique.types import Address, CartItem, Money, OrderItem, OrderPlaced, OrderShipped
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archipel._deploy.acl import broker_users, write_acl_file, write_password_file
+from archipel._deploy.children import free_port
+from archipel._deploy.mosquitto import find_mosquitto, write_config
+from archipel._events.bus import Envelope
+from archipel._events.dispatch import DeadLetter, Dispatcher
+from archipel._events.mqtt import MqttBus
+from archipel._model import HandlerSpec
+from archipel._security.keyring import Keyring, edge_key, keyring_for, mqtt_username
+from archipel._security.secrets import mqtt_password
+from archipel._security.tokens import Signer, sign
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "examples" / "boutique" / "shipping-node"
+NODE = shutil.which("node")
+SECRET = b"shipping-node-test-secret-0123456789"
+WAIT = 20.0
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+@dataclass
+class Service:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def ready(url: str, process: subprocess.Popen[bytes], log: Path) -> Callable[[], bool]:
+    def check() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            return httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    return check
+
+
+def start(command: list[str], env: dict[str, str], log: Path, port: int) -> Service:
+    with log.open("wb") as out:
+        # stdin stays open: a Python worker that follows its supervisor stops at its EOF.
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(ready(url, process, log), what=f"{command[-1]} ready")
+    except BaseException:
+        process.kill()
+        process.wait(10)
+        raise
+    return Service(url, process, log)
+
+
+def stop(service: Service) -> None:
+    if service.process.stdin is not None:
+        service.process.stdin.close()
+    if service.process.poll() is None:
+        service.process.terminate()
+        try:
+            service.process.wait(15)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait(10)
+
+
+def base_env(deployment: str, port: int, keyring: Keyring) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
+    env.update(
+        ARCHIPEL_APP="boutique.app:app",
+        ARCHIPEL_PROCESS="shipping",
+        ARCHIPEL_HOST="127.0.0.1",
+        ARCHIPEL_PORT=str(port),
+        ARCHIPEL_DEPLOYMENT=deployment,
+        ARCHIPEL_VERSION="v-test",
+        ARCHIPEL_INSTANCE="shipping-0",
+        ARCHIPEL_KEYRING=msgspec.json.encode(keyring).decode(),
+        ARCHIPEL_DRAIN="2",
+        ARCHIPEL_SUPERVISOR_PID=str(os.getpid()),
+        PYTHONPATH=str(ROOT / "examples" / "boutique"),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def deployment() -> str:
+    return f"shipnode{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def node_shipping(
+    archipel_mosquitto_url: str, deployment: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    if not (PACKAGE / "node_modules" / "mqtt").is_dir():
+        pytest.fail(f"{PACKAGE}/node_modules is missing: run scripts/setup.sh (npm ci there)")
+    port = free_port()
+    env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+    env.update(ARCHIPEL_BROKER=archipel_mosquitto_url, ARCHIPEL_BROKER_LOGIN="0")
+    log = tmp_path_factory.mktemp("node") / "shipping-node.log"
+    service = start([str(NODE), str(PACKAGE / "src" / "main.js")], env, log, port)
+    yield service
+    stop(service)
+
+
+@pytest.fixture(scope="module")
+def python_shipping(deployment: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The Python shipping worker, without a broker: the reference for the RPC answers."""
+    port = free_port()
+    env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+    env["ARCHIPEL_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    log = tmp_path_factory.mktemp("python") / "shipping-python.log"
+    service = start([sys.executable, "-m", "archipel.worker"], env, log, port)
+    yield service
+    stop(service)
+
+
+def headers_of(deployment: str, caller: str = "checkout") -> dict[str, str]:
+    signer = Signer(keyring_for(app, deployment, caller, [caller], [SECRET]))
+    header = signer.header(caller, "shipping")
+    assert header is not None
+    return {"authorization": header}
+
+
+def answer(response: httpx.Response) -> tuple[int, Any]:
+    return response.status_code, response.json()
+
+
+# --- (a) the same answers, refusals included ----------------------------------------------------
+
+BLANKS = "\t\n\x0b\x0c\r\x1c\x1f \x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+line = st.one_of(
+    st.text(alphabet=st.sampled_from(BLANKS), max_size=3),
+    st.text(st.characters(codec="utf-8"), max_size=12),
+)
+address = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "street_address": line,
+            "city": line,
+            "state": st.text(max_size=5).filter(lambda s: s.isprintable()),
+            "country": line,
+            "zip_code": line,
+        }
+    ),
+    st.fixed_dictionaries({"street_address": line, "city": st.integers(0, 3)}),
+    st.none(),
+)
+product_id = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=6),
+    st.sampled_from(["", "a\x00b", "x" * 64, "x" * 65, "\U0001f600", "\uffff", "OLJCESPC7Z"]),
+)
+quantity = st.one_of(st.integers(-1, 102), st.sampled_from([1.0, 2.5, "3", True, None, 10**20]))
+item = st.one_of(
+    st.fixed_dictionaries({"product_id": product_id, "quantity": quantity}),
+    st.fixed_dictionaries({"product_id": product_id}),
+    st.integers(0, 1),
+)
+arguments = st.fixed_dictionaries(
+    {"address": address, "items": st.lists(item, max_size=4)},
+    optional={"order_id": st.one_of(st.text(max_size=16), st.integers(0, 9)), "extra": st.just([1])},
+)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["get_quote", "ship_order"]), args=arguments)
+def test_answers_equal_the_python_service(
+    node_shipping: Service, python_shipping: Service, deployment: str, method: str, args: dict[str, Any]
+) -> None:
+    body = json.dumps(args, ensure_ascii=False).encode()
+    headers = {**headers_of(deployment), "content-type": "application/json"}
+    expected = answer(httpx.post(f"{python_shipping.url}/shipping/{method}", content=body, headers=headers))
+    got = answer(httpx.post(f"{node_shipping.url}/shipping/{method}", content=body, headers=headers))
+    assert got == expected, body
+
+
+@pytest.mark.timeout(120)
+def test_tracking_ids_and_quotes_are_those_of_shipping_py(node_shipping: Service, deployment: str) -> None:
+    where = Address("1 Rue de la Paix", "Paris", "", "France", "75002")
+    items = [CartItem("b\u00e9", 2), CartItem("\U0001f600", 1), CartItem("\uffff", 3), CartItem("a", 1)]
+    args = {"address": msgspec.to_builtins(where), "items": msgspec.to_builtins(items), "order_id": "0123"}
+    got = httpx.post(f"{node_shipping.url}/shipping/ship_order", json=args, headers=headers_of(deployment))
+    assert got.status_code == 200 and got.json() == tracking_id(where, items, "0123")
+    got = httpx.post(f"{node_shipping.url}/shipping/get_quote", json=args, headers=headers_of(deployment))
+    assert msgspec.convert(got.json(), Money) == Money("USD", 9, 490_000_000)
+
+
+@pytest.mark.timeout(60)
+def test_probes_report_the_process(node_shipping: Service) -> None:
+    readyz = httpx.get(f"{node_shipping.url}/readyz").json()
+    assert readyz == {
+        "ready": True,
+        "draining": False,
+        "version": "v-test",
+        "services": ["shipping"],
+        "pid": node_shipping.process.pid,
+    }
+    assert httpx.get(f"{node_shipping.url}/healthz").json() == {"status": "ok"}
+    wrong = httpx.get(f"{node_shipping.url}/shipping/get_quote")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+
+
+# --- (b) credentials ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_credentials_are_checked_as_archipel_checks_them(
+    node_shipping: Service, python_shipping: Service, deployment: str
+) -> None:
+    args = {"address": {"street_address": "s", "city": "c", "state": "", "country": "FR", "zip_code": "1"}}
+    args["items"] = [{"product_id": "p", "quantity": 1}]  # type: ignore[assignment]
+    expiry = int(time.time()) + 60
+    checkout = edge_key(SECRET, deployment, "checkout", "shipping")
+    cases = {
+        "checkout": headers_of(deployment, "checkout"),
+        "frontend": headers_of(deployment, "frontend"),
+        "none": {},
+        "basic": {"authorization": "Basic xyz"},
+        "other callee": {"authorization": "Bearer " + sign(checkout, "checkout", "payment", expiry)},
+        "forged": {"authorization": "Bearer " + sign(b"k" * 32, "checkout", "shipping", expiry)},
+        "expired": {"authorization": "Bearer " + sign(checkout, "checkout", "shipping", expiry - 200)},
+        "too long": {"authorization": "Bearer " + sign(checkout, "checkout", "shipping", expiry + 600)},
+        "stranger": {
+            "authorization": "Bearer "
+            + sign(edge_key(SECRET, deployment, "ads", "shipping"), "ads", "shipping", expiry)
+        },
+    }
+    statuses = {}
+    for name, headers in cases.items():
+        node = httpx.post(f"{node_shipping.url}/shipping/get_quote", json=args, headers=headers)
+        python = httpx.post(f"{python_shipping.url}/shipping/get_quote", json=args, headers=headers)
+        assert answer(node) == answer(python), name
+        assert node.headers.get("www-authenticate") == python.headers.get("www-authenticate"), name
+        statuses[name] = node.status_code
+    assert statuses == {
+        "checkout": 200,
+        "frontend": 200,
+        "none": 401,
+        "basic": 401,
+        "other callee": 401,
+        "forged": 401,
+        "expired": 401,
+        "too long": 401,
+        "stranger": 403,
+    }
+
+
+# --- (c) events -----------------------------------------------------------------------------------
+
+PARIS = Address("1 Rue de la Paix", "Paris", "", "France", "75002")
+
+
+def placed(order_id: str, where: Address = PARIS) -> OrderPlaced:
+    usd = Money("USD", 10, 0)
+    items = [OrderItem("OLJCESPC7Z", "Sunglasses", 2, usd), OrderItem("66VCHSJNUP", "Tank top", 1, usd)]
+    return OrderPlaced(order_id, "user-1", "buyer@example.com", items, usd, usd, where, "tx-1")
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(90)
+async def test_order_placed_yields_order_shipped(
+    node_shipping: Service, archipel_mosquitto_url: str, deployment: str
+) -> None:
+    shipped: list[tuple[OrderShipped, Envelope]] = []
+    refused: list[DeadLetter] = []
+    dead: list[Envelope] = []
+
+    async def got(event: OrderShipped) -> None:
+        shipped.append((event, current[0]))
+
+    current: list[Envelope] = []
+
+    async def on_dead(envelope: Envelope, letter: DeadLetter) -> None:
+        refused.append(letter)
+
+    async def no_publish(envelope: Envelope) -> None:
+        return None
+
+    # An archipel subscriber of OrderShipped that checks source, type, time and payload (the
+    # email service's view: only shipping may emit it).
+    dispatcher = Dispatcher(no_publish, [], allowed_sources=app.emitters(), on_dead=on_dead)
+    spec = HandlerSpec(service="email", name="got", event_type=OrderShipped)
+    handle = dispatcher.handler(SimpleNamespace(got=got), spec)  # type: ignore[arg-type]
+
+    async def receive(envelope: Envelope) -> None:
+        current[:] = [envelope]
+        await handle(envelope)
+
+    async def observe(envelope: Envelope) -> None:
+        if envelope.topic.startswith("$dead/"):
+            dead.append(envelope)
+
+    consumer = MqttBus(
+        archipel_mosquitto_url, deployment, f"{deployment}-probe-{uuid.uuid4().hex[:6]}", durable=False
+    )
+    consumer.subscribe("email", "orders/shipped", receive)
+    consumer.observe(observe)
+    checkout = MqttBus(archipel_mosquitto_url, deployment, f"{deployment}-checkout-test", durable=False)
+    await consumer.start()
+    await checkout.start()
+    try:
+        order = placed("0123456789abcdef")
+        traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+        await checkout.publish(
+            Envelope(
+                topic="orders/placed",
+                type="OrderPlaced",
+                source="/boutique/checkout",
+                traceparent=traceparent,
+                event=order,
+            )
+        )
+        await until(lambda: len(shipped) >= 1 or bool(refused))
+        assert not refused, refused
+        event, envelope = shipped[0]
+        items = [CartItem(i.product_id, i.quantity) for i in order.items]
+        assert event == OrderShipped(
+            order.order_id, order.email, tracking_id(PARIS, items, order.order_id), PARIS
+        )
+        assert (envelope.type, envelope.source) == ("OrderShipped", "/boutique/shipping")
+        assert (
+            envelope.traceparent is not None
+            and envelope.traceparent.split("-")[1] == traceparent.split("-")[1]
+        )
+        assert len(envelope.id) == 32
+
+        # Refused events go to the dead letters, and the process goes on.
+        blank = placed("fedcba9876543210", Address(" ", "Paris", "", "France", "75002"))
+        await checkout.publish(
+            Envelope(topic="orders/placed", type="OrderPlaced", source="/boutique/checkout", event=blank)
+        )
+        await checkout.publish(
+            Envelope(topic="orders/placed", type="OrderPlaced", source="/boutique/email", event=order)
+        )
+        await checkout.publish(
+            Envelope(
+                topic="orders/placed", type="OrderPlaced", source="/boutique/checkout", payload=b"{not json"
+            )
+        )
+        await until(lambda: len(dead) >= 3)
+        letters = [msgspec.json.decode(d.payload or b"", type=DeadLetter) for d in dead]
+        reasons = sorted(letter.reason for letter in letters)
+        assert reasons[0] == "InvalidArgument: address is missing: street_address", reasons
+        assert reasons[1].startswith("invalid payload: "), reasons
+        assert "may not publish on topic 'orders/placed'" in reasons[2], reasons
+        assert {(d.type, d.source) for d in dead} == {("DeadLetter", "/boutique/shipping")}
+        assert {letter.handler for letter in letters} == {"shipping.ship_placed_order"}
+        assert node_shipping.process.poll() is None
+
+        # Still shipping after them.
+        again = placed("00000000000000aa")
+        await checkout.publish(
+            Envelope(topic="orders/placed", type="OrderPlaced", source="/boutique/checkout", event=again)
+        )
+        await until(lambda: any(e.order_id == again.order_id for e, _ in shipped))
+    finally:
+        await checkout.stop()
+        await consumer.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_order_placed_while_down_is_shipped_on_return(
+    archipel_mosquitto_url: str, tmp_path: Path
+) -> None:
+    """A durable session: an OrderPlaced sent while the service is down is shipped once it is back."""
+    deployment = f"shipdur{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+    env.update(ARCHIPEL_BROKER=archipel_mosquitto_url, ARCHIPEL_BROKER_LOGIN="0")
+    command = [str(NODE), str(PACKAGE / "src" / "main.js")]
+    shipped: list[str] = []
+
+    async def got(envelope: Envelope) -> None:
+        shipped.append(msgspec.json.decode(envelope.payload or b"", type=OrderShipped).order_id)
+
+    consumer = MqttBus(archipel_mosquitto_url, deployment, f"{deployment}-probe", durable=False)
+    consumer.subscribe("email", "orders/shipped", got)
+    checkout = MqttBus(archipel_mosquitto_url, deployment, f"{deployment}-checkout", durable=False)
+    await consumer.start()
+    await checkout.start()
+    first = await asyncio.to_thread(start, command, env, tmp_path / "first.log", port)
+    try:
+        stop(first)  # its durable session stays subscribed while it is away
+        order = placed("1111111111111111")
+        await checkout.publish(
+            Envelope(topic="orders/placed", type="OrderPlaced", source="/boutique/checkout", event=order)
+        )
+        second = await asyncio.to_thread(start, command, env, tmp_path / "second.log", port)
+        try:
+            await until(lambda: order.order_id in shipped)
+        finally:
+            stop(second)
+    finally:
+        await checkout.stop()
+        await consumer.stop()
+
+
+@contextlib.contextmanager
+def private_mosquitto(
+    folder: Path, password_file: Path, acl_file: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Mosquitto with logins and the ACL file given (SIGHUP re-reads it), until the block ends."""
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto is not installed")
+    port = free_port()
+    config = write_config(folder, "127.0.0.1", port, password_file=password_file, acl_file=acl_file)
+    with (folder / "mosquitto.log").open("wb") as log:
+        process = subprocess.Popen([binary, "-c", str(config)], cwd=folder, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: _listening(port), what="mosquitto listening")
+        yield f"mqtt://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+@pytest.mark.timeout(120)
+async def test_order_placed_is_acknowledged_only_once_order_shipped_is(tmp_path: Path) -> None:
+    """With its broker login, under archipel's ACL: while the broker refuses shipping's OrderShipped
+    the OrderPlaced stays unacknowledged, so a service killed meanwhile gets it again after its
+    restart, and ships it once the broker takes OrderShipped."""
+    deployment = "shipack"
+    processes = {"shipping": ["shipping"], "checkout": ["checkout"]}
+    users = broker_users(app, deployment, processes)
+    shipped_topic = f"{deployment}/orders/shipped"
+    refusing = [
+        replace(u, publish=[t for t in u.publish if t != shipped_topic])
+        if u.username == mqtt_username(deployment, "shipping")
+        else u
+        for u in users
+    ]
+    passwords = write_password_file(
+        tmp_path / "passwords", {u.username: mqtt_password(SECRET, u.username) for u in users}
+    )
+    acl = write_acl_file(tmp_path / "acl", refusing)
+    command = [str(NODE), str(PACKAGE / "src" / "main.js")]
+    with private_mosquitto(tmp_path, passwords, acl) as (url, broker):
+        port = free_port()
+        env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+        env["ARCHIPEL_BROKER"] = url  # logs in as shipack.shipping, the keyring's login
+
+        shipped: list[str] = []
+
+        async def got(envelope: Envelope) -> None:
+            if envelope.topic == "orders/shipped":
+                shipped.append(msgspec.json.decode(envelope.payload or b"", type=OrderShipped).order_id)
+
+        def bus(process: str) -> MqttBus:
+            name = mqtt_username(deployment, process)
+            password = mqtt_password(SECRET, name)
+            return MqttBus(
+                url, deployment, f"test-{process}", durable=False, username=name, password=password
+            )
+
+        observer = bus("observer")
+        observer.observe(got)
+        checkout = bus("checkout")
+        await observer.start()
+        await checkout.start()
+        first = await asyncio.to_thread(start, command, env, tmp_path / "first.log", port)
+        try:
+            order = placed("2222222222222222")
+            await checkout.publish(
+                Envelope(topic="orders/placed", type="OrderPlaced", source="/boutique/checkout", event=order)
+            )
+            await until(lambda: "failed on event" in first.output())  # the broker refused OrderShipped
+            assert shipped == []
+            first.process.kill()  # mid-handling: the OrderPlaced was not acknowledged
+            first.process.wait(10)
+            write_acl_file(acl, users)  # shipping may publish OrderShipped again
+            broker.send_signal(signal.SIGHUP)  # Mosquitto re-reads its ACL file
+            second = await asyncio.to_thread(start, command, env, tmp_path / "second.log", port)
+            try:
+                await until(lambda: order.order_id in shipped)  # lost if acknowledged before
+            finally:
+                stop(second)
+        finally:
+            stop(first)
+            await checkout.stop()
+            await observer.stop()
+
+
+# --- (d) the process contract ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_and_exits_zero(archipel_mosquitto_url: str, tmp_path: Path) -> None:
+    deployment = f"shipterm{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+    env.update(ARCHIPEL_BROKER=archipel_mosquitto_url, ARCHIPEL_BROKER_LOGIN="0", ARCHIPEL_DRAIN_DELAY="1")
+    service = start([str(NODE), str(PACKAGE / "src" / "main.js")], env, tmp_path / "node.log", port)
+    try:
+        service.process.send_signal(signal.SIGTERM)
+        draining = httpx.get(f"{service.url}/readyz", timeout=2.0)  # within the drain delay
+        assert draining.status_code == 503 and draining.json()["draining"] is True
+        assert service.process.wait(10) == 0
+        assert "stopped" in service.output()
+    finally:
+        stop(service)
+
+
+@pytest.mark.timeout(60)
+def test_bad_configuration_exits_naming_the_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
+    for extra, variable in [({}, "ARCHIPEL_KEYRING"), ({"ARCHIPEL_PORT": "http"}, "ARCHIPEL_PORT")]:
+        done = subprocess.run(
+            [str(NODE), str(PACKAGE / "src" / "main.js")],
+            env={**env, **extra},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode != 0 and variable in done.stdout.decode(), done
+
+
+@pytest.mark.timeout(60)
+def test_exits_when_its_supervisor_is_gone(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    port = free_port()
+    env = base_env("shipsup", port, Keyring())
+    env.update(ARCHIPEL_AUTHENTICATE="0", ARCHIPEL_SUPERVISOR_PID=str(parent.pid))
+    service = start([str(NODE), str(PACKAGE / "src" / "main.js")], env, tmp_path / "node.log", port)
+    try:
+        parent.kill()
+        parent.wait(10)
+        assert service.process.wait(10) == 0
+        assert "supervisor" in service.output()
+    finally:
+        stop(service)
+
+
+# --- (e) the package's own tests ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_node_unit_tests_pass() -> None:
+    done = subprocess.run(
+        [str(NODE), "--test", "test/"], cwd=PACKAGE, capture_output=True, timeout=110, check=False
+    )
+    assert done.returncode == 0, done.stdout.decode()[-4000:]
