@@ -1,14 +1,18 @@
 """The whole shop, in every topology: through service clients and through the storefront's HTML.
 
-``archipel_topology`` runs each test as a monolith and as microservices (Mosquitto, embedded broker).
+``archipel_topology`` runs each test as a monolith and as microservices (Mosquitto, embedded broker),
+and once more with ``shipping`` swapped for its Node.js implementation (examples/boutique/shipping-node),
+placed as an external service: the Python services cannot tell the difference.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,10 +27,24 @@ from boutique.payment import Payment, PaymentDeclined
 from boutique.types import CartItem, CreditCard, Money, OrderPlaced, OrderShipped
 
 from archipel import InvalidArgument, NotFound
-from archipel.testing import RunningApp, Topology, run_app
+from archipel.testing import External, RunningApp, Topology, run_app
 from tests.boutique.buyer import ADDRESS, GOOD_CARD, checkout_form, eventually
 
 pytestmark = pytest.mark.timeout(90)
+
+NODE_SHIPPING = Path(__file__).resolve().parents[2] / "examples" / "boutique" / "shipping-node"
+
+
+def node_shipping(request: pytest.FixtureRequest) -> Topology:
+    """Microservices on the embedded broker, ``shipping`` run by Node.js from its own folder."""
+    node = shutil.which("node")
+    assert node, "Node.js is not installed: scripts/setup.sh installs it (apt-get install nodejs npm)"
+    assert (NODE_SHIPPING / "node_modules").is_dir(), "run scripts/setup.sh: it runs npm ci in shipping-node"
+    external = {"shipping": External(command=(node, "src/main.js"), cwd=str(NODE_SHIPPING))}
+    return Topology("microservices", "embedded", external=external)
+
+
+ARCHIPEL_EXTRA_TOPOLOGIES = {"microservices-node-shipping": node_shipping}
 
 REDIS_URL = os.environ.get("BOUTIQUE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 LUHN_FAIL = CreditCard("4111 1111 1111 1112", "123", 12, 2099)
@@ -81,6 +99,8 @@ async def test_order_flow_through_service_clients(redis_shop: RunningApp) -> Non
     assert (placed.user_id, placed.email, placed.total) == (user, "buyer@example.com", order.total)
     shipped = await redis_shop.events.wait_for(OrderShipped, lambda e: e.order_id == order.order_id)
     assert re.fullmatch(r"[0-9A-F]{2}-[0-9A-F]{5}-[0-9A-F]{9}", shipped.tracking_id)
+    if redis_shop.topology.external:  # and the parcel was shipped by Node.js, not by Python
+        assert Path(f"/proc/{redis_shop.pid_of('shipping')}/exe").resolve().name.startswith("node")
 
     # Asynchronous effects of OrderPlaced: the cart empties, both mails go out.
     await eventually(lambda: cart.get_cart(user), lambda c: c.items == [])
