@@ -45,6 +45,17 @@ function positive(text) {
   return value;
 }
 
+/** Endpoints served without a credential (archipel/_rpc/server.py's OBSERVABLE). */
+export const OBSERVABLE = ['metrics', 'openapi', 'asyncapi', 'traces'];
+
+/** @param {string} text */
+function endpoints(text) {
+  const names = text.split(',').map((s) => s.trim()).filter(Boolean);
+  const unknown = [...new Set(names.filter((n) => !OBSERVABLE.includes(n)))].sort();
+  if (unknown.length > 0) throw new Error(`unknown ${unknown.join(', ')}; choose among ${OBSERVABLE.join(', ')}`);
+  return names;
+}
+
 /** @param {string} text */
 function broker(text) {
   if (!text.startsWith('mqtt://') && !text.startsWith('mqtts://')) {
@@ -55,7 +66,7 @@ function broker(text) {
 
 /**
  * @typedef {{
- *   verifying: Record<string, string[]>, signing: Record<string, string[]>,
+ *   verifying: Record<string, string[]>, signing: Record<string, string[]>, scrape: string[],
  *   mqtt_username: string, mqtt_password: string
  * }} Keyring
  */
@@ -78,12 +89,17 @@ function keyring(text) {
       }
     }
   }
+  const scrape = value.scrape ?? [];
+  if (!Array.isArray(scrape) || !scrape.every((d) => typeof d === 'string' && /^([0-9a-fA-F]{2})*$/.test(d))) {
+    throw new Error('not a keyring: scrape is not a list of hex digests');
+  }
   for (const field of ['mqtt_username', 'mqtt_password']) {
     if (value[field] !== undefined && typeof value[field] !== 'string') throw new Error(`not a keyring: ${field} is not a string`);
   }
   return {
     signing: value.signing ?? {},
     verifying: value.verifying ?? {},
+    scrape,
     mqtt_username: value.mqtt_username ?? '',
     mqtt_password: value.mqtt_password ?? '',
   };
@@ -130,6 +146,8 @@ export function loadConfig(env) {
     maxBody: read('ARCHIPEL_MAX_BODY', positive, DEFAULT_MAX_BODY),
     supervisorPid: read('ARCHIPEL_SUPERVISOR_PID', integer, 0),
     reusePort: read('ARCHIPEL_REUSE_PORT', flag, false),
+    replica,
+    openEndpoints: read('ARCHIPEL_OPEN_ENDPOINTS', endpoints, /** @type {string[]} */ ([])),
     /** @type {Keyring | null} */
     keyring: null,
   };

@@ -131,10 +131,11 @@ const sleep = (/** @type {number} */ seconds) => new Promise((resolve) => setTim
 /**
  * Connect, subscribe, and handle OrderPlaced events until stopped.
  * @param {{broker: string, root: string, app: string, clientId: string, durable: boolean,
- *   username?: string, password?: string, drain: number}} options
+ *   username?: string, password?: string, drain: number, metrics?: import('./metrics.js').Metrics}} options
  */
 export async function startEvents(options) {
   const { root, app } = options;
+  const metrics = options.metrics ?? null;
   const filter = sharedFilter(root);
   const client = mqtt.connect(options.broker, {
     protocolVersion: 5,
@@ -151,7 +152,7 @@ export async function startEvents(options) {
   let generation = 0; // one per connection: an ack is only sent on the connection that delivered
   /** @type {Set<Promise<unknown>>} */
   const handling = new Set();
-  /** @type {Map<number, {work: Promise<boolean>, generation: number}>} */
+  /** @type {Map<number, {work: Promise<boolean>, generation: number, topic: string}>} */
   const deferred = new Map();
 
   // MQTT.js sends the PUBACK of a QoS 1 message as soon as `handleMessage` calls back, and reads
@@ -165,22 +166,26 @@ export async function startEvents(options) {
     deferred.delete(packet.messageId);
     if (cb) cb();
     held.work.then((ack) => {
-      if (ack && held.generation === generation && client.connected) send(packet);
-      else if (ack) log('WARNING', `could not acknowledge message ${packet.messageId}; the broker will redeliver it`);
+      if (ack && held.generation === generation && client.connected) {
+        send(packet);
+        metrics?.acked(held.topic);
+      } else if (ack) log('WARNING', `could not acknowledge message ${packet.messageId}; the broker will redeliver it`);
     });
     return undefined;
   };
   client.handleMessage = (/** @type {any} */ packet, /** @type {() => void} */ callback) => {
+    const topic = String(packet.topic);
+    const relative = topic.startsWith(`${root}/`) ? topic.slice(root.length + 1) : topic;
     if (packet.qos === 0) {
       if (accepting) void handle(packet); // nothing to acknowledge
     } else if (packet.qos === 1) {
       if (!accepting) {
-        deferred.set(packet.messageId, { work: Promise.resolve(false), generation }); // left unacked
+        deferred.set(packet.messageId, { work: Promise.resolve(false), generation, topic: relative }); // left unacked
       } else {
         const work = handle(packet);
         handling.add(work);
         work.finally(() => handling.delete(work));
-        deferred.set(packet.messageId, { work, generation });
+        deferred.set(packet.messageId, { work, generation, topic: relative });
       }
     }
     callback();
@@ -218,6 +223,7 @@ export async function startEvents(options) {
       }
       if (reason !== null) {
         log('WARNING', `${HANDLER}: refused ${envelope.topic} event ${clip(envelope.id, 80)}: ${reason}`);
+        metrics?.handled('dead');
         return await deadLetter(envelope, reason, 0);
       }
       const giveUpAt = Date.now() + REDELIVERY_WINDOW * 1000;
@@ -225,6 +231,8 @@ export async function startEvents(options) {
         try {
           const shipped = orderShipped(event);
           await publish(TOPIC_SHIPPED, 'OrderShipped', `/${app}/shipping`, childTraceparent(envelope.traceparent), JSON.stringify(shipped));
+          metrics?.published(TOPIC_SHIPPED);
+          metrics?.handled('ok');
           log('INFO', `shipped order ${clip(event.order_id, 80)}: ${shipped.tracking_id}`);
           return true;
         } catch (error) {
@@ -234,6 +242,7 @@ export async function startEvents(options) {
             log('WARNING', `${HANDLER} refused event ${envelope.id}: ${reason}`);
           } else if (Date.now() < giveUpAt && accepting) {
             log('WARNING', `${HANDLER} failed on event ${envelope.id} (attempt ${attempt}): ${reason}`);
+            metrics?.handled('retried');
             await sleep(Math.min(backoff(attempt), Math.max(0, (giveUpAt - Date.now()) / 1000)));
             continue;
           } else if (!accepting) {
@@ -242,6 +251,7 @@ export async function startEvents(options) {
             log('ERROR', `${HANDLER} gave up on event ${envelope.id} after ${attempt} attempts: ${reason}`);
             reason = `gave up after ${attempt} attempts in ${REDELIVERY_WINDOW}s: ${reason}`;
           }
+          metrics?.handled('dead');
           return await deadLetter(envelope, reason, attempt);
         }
       }

@@ -6,6 +6,7 @@
 import { APP, ConfigError, SERVICE, loadConfig } from './config.js';
 import { startEvents } from './events.js';
 import { log } from './log.js';
+import { createMetrics } from './metrics.js';
 import { rpcServer } from './rpc.js';
 import { Verifier } from './tokens.js';
 
@@ -23,6 +24,14 @@ async function main() {
   const verifier = config.authenticate && config.keyring !== null ? new Verifier(config.keyring) : null;
   if (verifier === null) log('WARNING', 'ARCHIPEL_AUTHENTICATE=0: internal methods are open to anyone');
 
+  const metrics = createMetrics({
+    process: config.process,
+    replica: config.instance,
+    version: config.version,
+    service: SERVICE,
+    handler: 'ship_placed_order',
+  });
+
   let events = null;
   if (config.broker !== null) {
     const login = config.brokerLogin && config.keyring !== null ? config.keyring : null;
@@ -35,13 +44,21 @@ async function main() {
       username: login?.mqtt_username,
       password: login?.mqtt_password,
       drain: config.drain,
+      metrics,
     });
   } else {
     log('WARNING', 'no ARCHIPEL_BROKER: this process takes no events');
   }
   if (config.reusePort) log('WARNING', 'ARCHIPEL_REUSE_PORT=1 is not supported on Node.js 20: listening alone');
   const connected = events === null ? () => true : events.connected;
-  const rpc = rpcServer({ verifier, maxBody: config.maxBody, version: config.version, ready: connected });
+  const rpc = rpcServer({
+    verifier,
+    maxBody: config.maxBody,
+    version: config.version,
+    ready: connected,
+    metrics,
+    openMetrics: config.openEndpoints.includes('metrics'),
+  });
   await new Promise((resolve, reject) => {
     rpc.server.once('error', reject);
     rpc.server.listen(config.port, config.host, () => resolve(undefined));

@@ -1,7 +1,8 @@
 /**
  * The HTTP server, with archipel's wire contract (archipel/_rpc/server.py): `POST /shipping/{method}`
  * with a JSON object of the arguments by name, the credential checked before the body is read,
- * the result as JSON (200) or `{"error": {...}}` with the error's status; `/healthz`, `/readyz`.
+ * the result as JSON (200) or `{"error": {...}}` with the error's status; `/healthz`, `/readyz`,
+ * and `/metrics` for the scrape token or an operator (open with ARCHIPEL_OPEN_ENDPOINTS=metrics).
  */
 import { createServer } from 'node:http';
 
@@ -11,6 +12,10 @@ import { ARGUMENTS, ValidationError } from './schema.js';
 import { getQuote, shipOrder } from './shipping.js';
 
 const SERVICE = 'shipping';
+/** The boutique's services: a path naming one of the others is "not served by this process". */
+export const APP_SERVICES = new Set([
+  'ads', 'cart', 'catalog', 'checkout', 'currency', 'email', 'frontend', 'payment', 'recommendation', SERVICE,
+]);
 const TIMEOUT_HEADER = 'x-archipel-timeout-ms';
 const JSON_TYPE = { 'content-type': 'application/json' };
 const CHALLENGE = { ...JSON_TYPE, 'www-authenticate': 'Bearer realm="archipel"' };
@@ -21,10 +26,11 @@ const METHODS = { get_quote: getQuote, ship_order: shipOrder };
 /**
  * @param {{
  *   verifier: import('./tokens.js').Verifier | null, maxBody: number, version: string,
- *   ready: () => boolean,
+ *   ready: () => boolean, metrics: import('./metrics.js').Metrics, openMetrics?: boolean,
  * }} options
  */
-export function rpcServer({ verifier, maxBody, version, ready }) {
+export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetrics = false }) {
+  metrics.declare(Object.keys(METHODS));
   const state = { draining: false };
 
   /** @param {import('node:http').ServerResponse} res @param {number} status @param {string} body @param {Record<string, string>} [headers] */
@@ -51,22 +57,58 @@ export function rpcServer({ verifier, maxBody, version, ready }) {
       const isReady = ready() && !state.draining;
       const body = { ready: isReady, draining: state.draining, version, services: [SERVICE], pid: process.pid };
       respond(res, isReady ? 200 : 503, JSON.stringify(body));
-    } else if (name !== null && !name.includes('/') && Object.hasOwn(METHODS, name)) {
-      const body = errorBody('method_not_allowed', `use POST for ${path}`, SERVICE, name);
-      respond(res, 405, body, { ...JSON_TYPE, allow: 'POST' });
-    } else if (name !== null && name !== '' && !name.includes('/')) {
-      respond(res, 404, errorBody('not_found', `service '${SERVICE}' has no rpc method '${name}'`, SERVICE, name));
+    } else if (method === 'GET' && path === '/metrics') {
+      scrape(req, res).catch((error) => {
+        log('ERROR', `/metrics failed: ${error}`);
+        res.destroy();
+      });
     } else {
-      respond(res, 404, errorBody('not_found', `no route ${method} ${path}`));
+      miss(path, method, res);
     }
     req.resume(); // a body nobody reads must not hold the connection
   });
+
+  /** A path that is no endpoint: archipel's RpcServer._rpc_miss for `/{service}/{method}` of the app. @param {string} path @param {string} method @param {import('node:http').ServerResponse} res */
+  function miss(path, method, res) {
+    const parts = path.replace(/^\/+|\/+$/g, '').split('/');
+    if (parts.length !== 2 || !APP_SERVICES.has(parts[0])) {
+      respond(res, 404, errorBody('not_found', `no route ${method} ${path}`));
+      return;
+    }
+    const [service, name] = parts;
+    let message;
+    if (service !== SERVICE) message = `service '${service}' is not served by this process`;
+    else if (!Object.hasOwn(METHODS, name)) message = `service '${service}' has no rpc method '${name}'`;
+    else if (path !== `/${SERVICE}/${name}`) message = `no route ${method} ${path}`;
+    else {
+      respond(res, 405, errorBody('method_not_allowed', `use POST for ${path}`, service, name), { ...JSON_TYPE, allow: 'POST' });
+      return;
+    }
+    respond(res, 404, errorBody('not_found', message, service, name));
+  }
+
+  /** @param {import('node:http').IncomingMessage} req @param {import('node:http').ServerResponse} res */
+  async function scrape(req, res) {
+    if (verifier !== null && !openMetrics) {
+      try {
+        verifier.observer(req.headers.authorization);
+      } catch (error) {
+        if (!(error instanceof ArchipelError)) throw error;
+        respond(res, error.status, errorBody(error.kind, error.message), CHALLENGE);
+        return;
+      }
+    }
+    const { type, text } = await metrics.expose();
+    respond(res, 200, text, { 'content-type': type });
+  }
 
   /** @param {string} name @param {import('node:http').IncomingMessage} req @param {import('node:http').ServerResponse} res */
   async function call(name, req, res) {
     let status = 200;
     let body;
     let headers = JSON_TYPE;
+    /** @type {number | null} when the handler was reached (performance.now()) */
+    let started = null;
     try {
       try {
         // Before the body is read: a caller without a credential costs no more than this.
@@ -77,6 +119,7 @@ export function rpcServer({ verifier, maxBody, version, ready }) {
         if (typeof timeout === 'string' && !isMilliseconds(timeout)) {
           throw badRequest(`${TIMEOUT_HEADER} must be a number of ms`);
         }
+        started = performance.now();
         body = JSON.stringify(METHODS[name](args));
       } catch (error) {
         if (error instanceof ArchipelError && error.status === 401) headers = CHALLENGE;
@@ -94,6 +137,7 @@ export function rpcServer({ verifier, maxBody, version, ready }) {
         body = errorBody('internal', message, SERVICE, name, { error_id: id });
       }
     }
+    metrics.served(name, status, started === null ? null : (performance.now() - started) / 1000);
     respond(res, status, body, headers);
   }
 

@@ -3,15 +3,16 @@
  * `v1.{caller}.{callee}.{expiry}.{signature}`, the signature HMAC-SHA256 of the edge key over
  * `v1.{caller}.{callee}.{expiry}` in unpadded base64url, sent as `authorization: Bearer <token>`.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 
-import { permissionDenied, unauthenticated } from './errors.js';
+import { ArchipelError, permissionDenied, unauthenticated } from './errors.js';
 
 export const MAX_TTL = 300; // seconds a token may claim to live
 export const CLOCK_SKEW = 30; // seconds of clock disagreement tolerated
 const CACHE_SIZE = 4096;
 const PREFIX = 'Bearer ';
 const VERSION = 'v1';
+export const OPERATOR = 'operator'; // the identity of tools and tests holding the secret
 
 /** A keyring key (base64url, padding optional) as bytes. @param {string} key */
 export function decodeKey(key) {
@@ -66,15 +67,39 @@ function sameText(a, b) {
 
 export class Verifier {
   /**
-   * @param {{verifying?: Record<string, string[]>}} keyring
+   * @param {{verifying?: Record<string, string[]>, scrape?: string[]}} keyring
    * @param {() => number} [clock] seconds since the epoch
    */
   constructor(keyring, clock = () => Date.now() / 1000) {
     /** @type {Map<string, Buffer[]>} */
     this.keys = new Map(Object.entries(keyring.verifying ?? {}).map(([edge, keys]) => [edge, keys.map(decodeKey)]));
     this.clock = clock;
+    /** The services this process answers for: the callees of its keys. */
+    this.callees = new Set([...this.keys.keys()].map((edge) => edge.split('>')[1]));
+    /** SHA-256 of the deployment's scrape tokens. */
+    this.scrape = (keyring.scrape ?? []).map((digest) => Buffer.from(digest, 'hex'));
     /** @type {Map<string, {caller: string, audience: string, expiry: bigint}>} */
     this.seen = new Map();
+  }
+
+  /**
+   * Let an operator (a token of the operator for one of this process's services) or a scraper
+   * (the deployment's scrape token) read /metrics; throws 401 otherwise (Verifier.observer).
+   * @param {string | undefined} authorization the header's value
+   */
+  observer(authorization) {
+    if (authorization && authorization.startsWith(PREFIX)) {
+      const token = authorization.slice(PREFIX.length).trim();
+      const digest = createHash('sha256').update(token, 'utf8').digest();
+      if (this.scrape.some((known) => known.length === digest.length && timingSafeEqual(known, digest))) return;
+      try {
+        const { audience } = this.seen.get(token) ?? parse(token);
+        if (this.callees.has(audience) && this.caller(authorization, audience) === OPERATOR) return;
+      } catch (error) {
+        if (!(error instanceof ArchipelError)) throw error;
+      }
+    }
+    throw unauthenticated('this endpoint needs the scrape token or an operator credential');
   }
 
   /**
