@@ -1,6 +1,7 @@
 """The shipping service written for Node.js (examples/boutique/shipping-node) against the Python one:
-the same answers to the same calls (refusals included), the same credentials checks, and the same
-events over a real Mosquitto, seen by archipel's own bus and dispatcher. Both run as real processes.
+the same answers to the same calls (refusals included), the same credentials checks, the same
+events over a real Mosquitto, seen by archipel's own bus and dispatcher, and /metrics that the
+dashboard's own parser reads. Both run as real processes; its Dockerfile is read.
 
 Needs node (>= 20) and the package's dependencies (``npm ci`` in examples/boutique/shipping-node,
 done by scripts/setup.sh).
@@ -33,7 +34,9 @@ from boutique.shipping import tracking_id
 from boutique.types import Address, CartItem, Money, OrderItem, OrderPlaced, OrderShipped
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
+from archipel._dashboard.metrics import event_rates, parse
 from archipel._deploy.acl import broker_users, write_acl_file, write_password_file
 from archipel._deploy.children import free_port
 from archipel._deploy.mosquitto import find_mosquitto, write_config
@@ -41,7 +44,7 @@ from archipel._events.bus import Envelope
 from archipel._events.dispatch import DeadLetter, Dispatcher
 from archipel._events.mqtt import MqttBus
 from archipel._model import HandlerSpec
-from archipel._security.keyring import Keyring, edge_key, keyring_for, mqtt_username
+from archipel._security.keyring import Keyring, edge_key, keyring_for, mqtt_username, scrape_token
 from archipel._security.secrets import mqtt_password
 from archipel._security.tokens import Signer, sign
 
@@ -290,6 +293,235 @@ def test_credentials_are_checked_as_archipel_checks_them(
         "expired": 401,
         "too long": 401,
         "stranger": 403,
+    }
+
+
+# --- (b2) paths of the shop's other services ----------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_paths_of_other_services_are_answered_as_archipel_answers_them(
+    node_shipping: Service, python_shipping: Service, deployment: str
+) -> None:
+    """A path naming another service of the app is 'not served by this process'; one of shipping
+    that is no endpoint, or no app service at all, gets archipel's own 404s and 405."""
+    cases = [
+        ("POST", "/cart/get_cart"),
+        ("GET", "/cart/get_cart"),
+        ("POST", "/checkout/place_order/"),
+        ("POST", "/frontend/home"),
+        ("POST", "/cart/nothing"),
+        ("POST", "/shipping/nothing"),
+        ("POST", "/shipping/nothing/"),
+        ("POST", "/shipping/get_quote/"),
+        ("DELETE", "/shipping/get_quote"),
+        ("POST", "/cart"),
+        ("POST", "/cart/get_cart/x"),
+        ("POST", "/shop/get_cart"),
+        ("POST", "/metrics"),
+        ("GET", "/"),
+    ]
+    headers = headers_of(deployment)
+    got = {}
+    for method, path in cases:
+        node = httpx.request(method, node_shipping.url + path, json={}, headers=headers)
+        python = httpx.request(method, python_shipping.url + path, json={}, headers=headers)
+        assert answer(node) == answer(python), (method, path)
+        assert node.headers.get("allow") == python.headers.get("allow"), (method, path)
+        got[method, path] = node.json()["error"]["message"]
+    assert got["POST", "/cart/get_cart"] == "service 'cart' is not served by this process"
+    assert got["DELETE", "/shipping/get_quote"] == "use POST for /shipping/get_quote"
+
+
+# --- (b3) /metrics ---------------------------------------------------------------------------------
+
+SERVED = ("archipel_rpc_requests", "archipel_rpc_duration_seconds", "archipel_process_info")
+PROCESS = ("process_cpu_seconds", "process_resident_memory_bytes", "process_start_time_seconds")
+
+
+def families(text: str) -> dict[str, tuple[str, set[frozenset[str]], set[str]]]:
+    """By family: its type, the label names of its samples (bucket bounds aside), and its bounds."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        labels = {frozenset(sample.labels) - {"le"} for sample in family.samples}
+        bounds = {sample.labels["le"] for sample in family.samples if "le" in sample.labels}
+        out[family.name] = (family.type, labels, {str(float(b)) for b in bounds})
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_metrics_are_guarded_as_archipel_guards_them(
+    node_shipping: Service, python_shipping: Service, deployment: str
+) -> None:
+    expiry = int(time.time()) + 60
+
+    def token(caller: str, callee: str) -> dict[str, str]:
+        key = edge_key(SECRET, deployment, caller, callee)
+        return {"authorization": "Bearer " + sign(key, caller, callee, expiry)}
+
+    cases = {
+        "scrape": {"authorization": "Bearer " + scrape_token(SECRET, deployment)},
+        "operator": token("operator", "shipping"),
+        "none": {},
+        "other deployment": {"authorization": "Bearer " + scrape_token(SECRET, deployment + "x")},
+        "operator of payment": token("operator", "payment"),
+        "checkout": token("checkout", "shipping"),
+        "basic": {"authorization": "Basic " + scrape_token(SECRET, deployment)},
+    }
+    statuses = {}
+    for name, headers in cases.items():
+        node = httpx.get(f"{node_shipping.url}/metrics", headers=headers)
+        python = httpx.get(f"{python_shipping.url}/metrics", headers=headers)
+        assert node.status_code == python.status_code, name
+        if node.status_code != 200:
+            assert node.json() == python.json(), name
+            assert node.headers["www-authenticate"] == python.headers["www-authenticate"], name
+        statuses[name] = node.status_code
+    assert statuses == {
+        "scrape": 200,
+        "operator": 200,
+        "none": 401,
+        "other deployment": 401,
+        "operator of payment": 401,
+        "checkout": 401,
+        "basic": 401,
+    }
+
+
+@pytest.mark.timeout(60)
+def test_metric_families_are_those_of_the_python_worker(
+    node_shipping: Service, python_shipping: Service, deployment: str
+) -> None:
+    """The same names, types, label names and buckets for what both serve, and the process
+    metrics under the names of Python's client."""
+    headers = {"authorization": "Bearer " + scrape_token(SECRET, deployment)}
+    args = {"address": msgspec.to_builtins(PARIS), "items": [{"product_id": "p", "quantity": 1}]}
+    for service in (node_shipping, python_shipping):
+        call = httpx.post(f"{service.url}/shipping/get_quote", json=args, headers=headers_of(deployment))
+        assert call.status_code == 200
+    node = families(httpx.get(f"{node_shipping.url}/metrics", headers=headers).text)
+    python = families(httpx.get(f"{python_shipping.url}/metrics", headers=headers).text)
+    for name in SERVED:
+        assert node.get(name) == python.get(name), name
+    for name in PROCESS:
+        assert node[name][0] == python[name][0], name
+    assert node["archipel_rpc_duration_seconds"][2] == {
+        str(float(b)) for b in (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+    } | {"inf"}
+    for name in ("archipel_events_handled", "archipel_events_published", "archipel_events_acked"):
+        assert node.get(name, ("counter",))[0] == "counter", name
+    assert "archipel_calls" not in node  # the callers' series: shipping calls no one
+
+
+@pytest.mark.timeout(90)
+async def test_metrics_count_what_happened(archipel_mosquitto_url: str, tmp_path: Path) -> None:
+    """After a few calls and one OrderPlaced, the dashboard's own parser reads in /metrics the
+    counts that happened, and its event rates show shipping handling orders/placed."""
+    deployment = f"shipmet{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+    env.update(ARCHIPEL_BROKER=archipel_mosquitto_url, ARCHIPEL_BROKER_LOGIN="0")
+    command = [str(NODE), str(PACKAGE / "src" / "main.js")]
+    service = await asyncio.to_thread(start, command, env, tmp_path / "node.log", port)
+    scrape_headers = {"authorization": "Bearer " + scrape_token(SECRET, deployment)}
+    checkout = MqttBus(archipel_mosquitto_url, deployment, f"{deployment}-checkout", durable=False)
+    await checkout.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.url, headers=headers_of(deployment)) as http:
+
+            async def scrape() -> str:
+                response = await http.get("/metrics", headers=scrape_headers)
+                assert response.status_code == 200, response.text
+                return response.text
+
+            before = parse(await scrape(), time.monotonic(), ["shipping"])
+            args = {"address": msgspec.to_builtins(PARIS), "items": [{"product_id": "p", "quantity": 1}]}
+            for _ in range(3):
+                assert (await http.post("/shipping/get_quote", json=args)).status_code == 200
+            assert (await http.post("/shipping/ship_order", json=args)).status_code == 200
+            assert (await http.post("/shipping/ship_order", json={"items": []})).status_code == 422
+            refused = await http.post("/shipping/get_quote", json=args, headers={"authorization": ""})
+            assert refused.status_code == 401
+            await checkout.publish(
+                Envelope(
+                    topic="orders/placed",
+                    type="OrderPlaced",
+                    source="/boutique/checkout",
+                    event=placed("3333333333333333"),
+                )
+            )
+            handled = ("archipel_events_acked_total", (("topic", "orders/placed"),))
+            text = await scrape()
+            deadline = time.monotonic() + WAIT
+            while parse_all(text).get(handled, 0) < 1:  # acknowledged: handled and published before
+                assert time.monotonic() < deadline, text
+                await asyncio.sleep(0.05)
+                text = await scrape()
+            after = parse(text, time.monotonic(), ["shipping"])
+
+        samples = parse_all(text)
+        requests = {
+            (labels["method"], labels["status"]): value
+            for (name, key), value in samples.items()
+            if name == "archipel_rpc_requests_total"
+            for labels in [dict(key)]
+        }
+        assert requests == {
+            ("get_quote", "200"): 3,
+            ("get_quote", "401"): 1,
+            ("ship_order", "200"): 1,
+            ("ship_order", "422"): 1,
+        }
+        counts = {
+            dict(key)["method"]: value
+            for (name, key), value in samples.items()
+            if name == "archipel_rpc_duration_seconds_count"
+        }
+        assert counts == {"get_quote": 3, "ship_order": 1}  # reached the handler
+        handler = (("handler", "ship_placed_order"), ("service", "shipping"))
+        assert {
+            labels: value
+            for (name, labels), value in after.samples.items()
+            if name == "archipel_events_handled_total"
+        } == {
+            (*handler[:1], ("outcome", "dead"), *handler[1:]): 0,
+            (*handler[:1], ("outcome", "ok"), *handler[1:]): 1,
+            (*handler[:1], ("outcome", "retried"), *handler[1:]): 0,
+        }
+        assert after.samples[("archipel_events_published_total", (("topic", "orders/shipped"),))] == 1
+        assert not any(name.startswith("archipel_call") for name, _ in after.samples)
+        rates = event_rates([(before, after)], {("shipping", "ship_placed_order"): "orders/placed"})
+        assert rates["orders/placed"]["handled:shipping"] > 0
+        assert rates["orders/placed"]["dead:shipping"] == 0
+        assert rates["orders/shipped"]["published"] > 0
+        for name in ("process_cpu_seconds_total", *PROCESS[1:]):
+            assert samples[(name, ())] > 0, name
+
+        # No credential, or one for another service: 401.
+        key = edge_key(SECRET, deployment, "operator", "payment")
+        other = {"authorization": "Bearer " + sign(key, "operator", "payment", int(time.time()) + 60)}
+        async with httpx.AsyncClient(base_url=service.url) as bare:
+            refusals = [await bare.get("/metrics"), await bare.get("/metrics", headers=other)]
+        for response in refusals:
+            assert response.status_code == 401
+            assert response.json() == {
+                "error": {
+                    "kind": "unauthenticated",
+                    "message": "this endpoint needs the scrape token or an operator credential",
+                }
+            }
+    finally:
+        await checkout.stop()
+        stop(service)
+
+
+def parse_all(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition (prometheus_client's parser: it also checks the
+    whole text is well formed)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
 
 
@@ -595,7 +827,54 @@ def test_exits_when_its_supervisor_is_gone(tmp_path: Path) -> None:
         stop(service)
 
 
-# --- (e) the package's own tests ------------------------------------------------------------------
+# --- (e) its image --------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (INSTRUCTION, arguments): comments out, continuations joined."""
+    text = (PACKAGE / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [
+        (word.upper(), rest.strip())
+        for word, _, rest in (line.strip().partition(" ") for line in joined.splitlines() if line.strip())
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_dockerfile_builds_a_pinned_unprivileged_image_that_gets_its_signals(node_shipping: Service) -> None:
+    """No Docker daemon here: the file is read, and its health check run against the service."""
+    steps = dockerfile()
+    kinds = [kind for kind, _ in steps]
+    bases = [args for kind, args in steps if kind == "FROM"]
+    assert len(bases) == 1 and bases[0].startswith("node:20") and bases[0].endswith("-slim"), bases
+    run = " ".join(args for kind, args in steps if kind == "RUN")
+    assert "npm ci --omit=dev" in run and "npm install" not in run, run
+    copies = [args for kind, args in steps if kind == "COPY"]
+    assert copies[0].split()[:-1] == ["package.json", "package-lock.json"], copies  # lock before npm ci
+    users = [args for kind, args in steps if kind == "USER"]
+    assert users == ["node"]  # the image's unprivileged user, for what runs after it
+    assert kinds.index("USER") < kinds.index("CMD") and kinds.index("RUN") < kinds.index("USER")
+    assert [json.loads(args) for kind, args in steps if kind == "CMD"] == [["node", "src/main.js"]]
+    assert [args for kind, args in steps if kind == "EXPOSE"] == ["8000"]
+    checks = [args for kind, args in steps if kind == "HEALTHCHECK"]
+    assert len(checks) == 1 and " CMD [" in checks[0], checks
+    probe = json.loads(checks[0].split(" CMD ", 1)[1])
+    assert probe[:2] == ["node", "-e"] and "/healthz" in probe[2]
+    ignored = (PACKAGE / ".dockerignore").read_text().split()
+    assert "node_modules" in ignored and "test" in ignored
+
+    # The health check, run as the image runs it: 0 while the service answers, 1 when nothing does.
+    def health(port: str) -> int:
+        env = {**os.environ, "ARCHIPEL_PORT": port}
+        done = subprocess.run(probe, cwd=PACKAGE, env=env, capture_output=True, timeout=20, check=False)
+        return done.returncode
+
+    assert health(node_shipping.url.rsplit(":", 1)[1]) == 0
+    assert health(str(free_port())) == 1
+
+
+# --- (f) the package's own tests ------------------------------------------------------------------
 
 
 @pytest.mark.timeout(120)
