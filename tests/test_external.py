@@ -285,3 +285,13 @@ def test_archipel_run_starts_the_command_shows_both_kinds_and_calls_them(tmp_pat
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([BIN / "archipel", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+async def test_a_previous_runs_peers_file_is_never_used(tmp_path: Path) -> None:
+    # What a previous run in this folder left: its own addresses, here one where nothing listens.
+    (tmp_path / "peers.json").write_text(json.dumps({"names": [f"http://127.0.0.1:{free_port()}"]}))
+    async with (
+        run_app(str(HELLO), "microservices", data_dir=tmp_path) as hello,
+        httpx.AsyncClient(base_url=hello.url_of("greeter"), timeout=10) as web,
+    ):
+        assert await greet(web, "ada") == "Hello, Ada!"  # at once: no stale address in between

@@ -298,6 +298,10 @@ class Supervisor:
             await self._broker.start(timeout)
             for gone in self._plan_children():
                 await self._broker.end_session(gone)  # a replica the plan no longer has
+            # Before any child reads it: a previous run's file names its own addresses (another
+            # port, or a monolith where a service now has a process), which the workers would
+            # call until the next rewrite.
+            write_state(self.peers_file, self.peers())
             await self._broker.restore_sessions()
             for child in self.children:
                 await self._launch(child)

@@ -100,7 +100,7 @@ async def test_order_flow_through_service_clients(redis_shop: RunningApp) -> Non
     shipped = await redis_shop.events.wait_for(OrderShipped, lambda e: e.order_id == order.order_id)
     assert re.fullmatch(r"[0-9A-F]{2}-[0-9A-F]{5}-[0-9A-F]{9}", shipped.tracking_id)
     if redis_shop.topology.external:  # and the parcel was shipped by Node.js, not by Python
-        assert Path(f"/proc/{redis_shop.pid_of('shipping')}/exe").resolve().name.startswith("node")
+        assert os.path.basename(os.readlink(f"/proc/{redis_shop.pid_of('shipping')}/exe")).startswith("node")
 
     # Asynchronous effects of OrderPlaced: the cart empties, both mails go out.
     await eventually(lambda: cart.get_cart(user), lambda c: c.items == [])
