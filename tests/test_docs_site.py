@@ -24,7 +24,7 @@ from archipel.cli import cli
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
-TRANSLATED = ["concepts"]  # pages that must exist in English and in French
+TRANSLATED = ["concepts", "tutorial", "tutorial-node"]  # pages that must exist in English and in French
 LANGUAGES = ["", "fr/"]  # each language's folder in the built site
 # Material's notice that it is nearing its end of life is advice, not a problem of this site.
 ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
