@@ -27,6 +27,7 @@ from archipel._deploy.children import free_port
 from archipel._deploy.generate import compose_files, kubernetes_files
 from archipel._deploy.plan import External, settings_plan
 from archipel._deploy.settings import ConfigError, load_settings
+from archipel._deploy.version import foreign_version
 from archipel._errors import DefinitionError
 from archipel._loader import load_app
 from archipel.testing import RunningApp, Topology, run_app
@@ -152,6 +153,8 @@ async def test_a_service_started_by_its_own_command_takes_its_calls_and_events(t
         assert supervisor is not None
         child = next(c for c in supervisor.children if c.name == "guestbook")
         assert any("started by its own command" in line for line in child.output)
+        greeter = next(c for c in supervisor.children if c.name == "greeter")
+        assert child.version == foreign_version(child.command, str(tmp_path)) != greeter.version
         async with httpx.AsyncClient(base_url=hello.url_of("greeter"), timeout=10) as web:
             assert (await web.post("/greeter/greet", json={"name": "ada"})).status_code == 200
             await eventually(lambda: web_json(web, hello.url_of("guestbook") + "/guestbook/entries"), ["Ada"])
@@ -295,3 +298,17 @@ async def test_a_previous_runs_peers_file_is_never_used(tmp_path: Path) -> None:
         httpx.AsyncClient(base_url=hello.url_of("greeter"), timeout=10) as web,
     ):
         assert await greet(web, "ada") == "Hello, Ada!"  # at once: no stale address in between
+
+
+def test_the_version_of_a_foreign_process_is_its_own_code(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "node_modules" / "mqtt").mkdir(parents=True)
+    (tmp_path / "src" / "main.js").write_text("console.log('v1')\n")
+    (tmp_path / "node_modules" / "mqtt" / "index.js").write_text("// a dependency\n")
+    first = foreign_version(["node", "src/main.js"], str(tmp_path))
+    (tmp_path / "node_modules" / "mqtt" / "index.js").write_text("// reinstalled\n")
+    assert foreign_version(["node", "src/main.js"], str(tmp_path)) == first  # dependencies left out
+    (tmp_path / "src" / "main.js").write_text("console.log('v2')\n")
+    second = foreign_version(["node", "src/main.js"], str(tmp_path))
+    assert second != first and len(second) == 12
+    assert foreign_version(["node", str(tmp_path / "src" / "main.js")], None) != first  # by its files

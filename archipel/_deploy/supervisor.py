@@ -56,7 +56,7 @@ from .replica_set import replica_set
 from .scaling import ChangeRefused, Changes
 from .startup import check_ports, check_state_file, planned_ports
 from .statefile import process_start, read_state, write_state
-from .version import SHAPE_VAR, app_shape, code_version
+from .version import SHAPE_VAR, app_shape, code_version, foreign_version
 
 
 class Companion(Protocol):
@@ -430,7 +430,9 @@ class Supervisor:
 
     async def _launch(self, child: Child) -> None:
         if child.services:  # a worker, not the broker: which code it runs is what is on disk now
-            child.version = self.plan.version or code_version(self.app)
+            foreign = self.plan.process(child.name).foreign
+            on_disk = foreign_version(child.command, child.cwd) if foreign else code_version(self.app)
+            child.version = self.plan.version or on_disk
             child.env[VERSION_VAR] = child.version
         if child.log_file is None and self._state_file is not None:  # where `archipel logs` looks
             logs = self._state_file.parent / "logs"

@@ -7,6 +7,7 @@ this fingerprint (or by ``ARCHIPEL_VERSION`` when the deployer sets one, e.g. an
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,36 @@ def code_version(app: App) -> str:
             digest.update(path.read_bytes())
         except OSError:
             continue  # removed since the app was loaded: the others still tell versions apart
+    return digest.hexdigest()[:12]
+
+
+SKIPPED = {"node_modules", "__pycache__", "target", "build", "dist"}  # dependencies and builds
+MAX_FILES = 5000
+
+
+def foreign_version(command: list[str], cwd: str | None) -> str:
+    """The fingerprint of a process that is not the Python worker (an external service): the
+    files of the folder it runs in, dependencies, builds and hidden folders left out; without a
+    folder, the files its command names."""
+    digest = hashlib.sha256()
+    if cwd is None:
+        files = sorted(Path(arg).resolve() for arg in command[1:] if Path(arg).is_file())
+        base = Path("/")
+    else:
+        base = Path(cwd)
+        files = []
+        for folder, folders, names in os.walk(base):
+            folders[:] = sorted(f for f in folders if f not in SKIPPED and not f.startswith("."))
+            files += [Path(folder, name) for name in names if not name.startswith(".")]
+            if len(files) > MAX_FILES:
+                break
+        files.sort()
+    for path in files[:MAX_FILES]:
+        digest.update(str(path.relative_to(base)).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            continue
     return digest.hexdigest()[:12]
 
 
