@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("membership.py", ["--seconds", "1", "--rounds", "1"], "probes cost"),
         ("remote_hop.py", ["--quick"], "archipel / raw asgi+aiohttp throughput"),
         ("events.py", ["--quick"], "archipel CPU per message vs fastest raw client"),
+        ("external_service.py", ["--quick"], "node / python"),
     ],
 )
 def test_a_benchmark_runs_and_reports(script: str, arguments: list[str], expected: str) -> None:
