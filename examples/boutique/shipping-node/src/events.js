@@ -313,6 +313,10 @@ export async function startEvents(options) {
   let ready = false;
   client.on('connect', () => {
     generation += 1;
+    // A PUBACK or PUBLISH is a few bytes: with Nagle on, each waited for the broker's delayed
+    // ACK (40 ms at the 99th percentile in benchmarks/external_service.py). asyncio turns it off
+    // on every TCP connection, so the Python services never had this wait.
+    /** @type {any} */ (client.stream)?.setNoDelay?.(true);
     log('INFO', `connected to ${options.broker} as ${options.clientId}`);
   });
   client.on('close', () => {
