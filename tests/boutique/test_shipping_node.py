@@ -10,6 +10,7 @@ done by scripts/setup.sh).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -883,3 +884,41 @@ def test_node_unit_tests_pass() -> None:
         [str(NODE), "--test", "test/"], cwd=PACKAGE, capture_output=True, timeout=110, check=False
     )
     assert done.returncode == 0, done.stdout.decode()[-4000:]
+
+
+def _hostile(url: str, head: bytes, timeout: float = 20.0) -> tuple[bytes, float]:
+    """What the server at ``url`` answers a client that sends ``head`` and then nothing more,
+    and after how many seconds it closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+def test_hostile_clients_meet_the_limits_of_the_python_worker(
+    node_shipping: Service, python_shipping: Service, deployment: str
+) -> None:
+    credential = headers_of(deployment)["authorization"].encode()
+    head = b"POST /shipping/get_quote HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n"
+    trickle = head + b"authorization: " + credential + b"\r\n\r\n{"
+    stranger = head + b"\r\n{"  # no credential: refused at once, the rest of its body unread
+    huge = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: " + b"a" * 20_000 + b"\r\n\r\n"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        slow = {name: pool.submit(_hostile, s.url, trickle) for name, s in
+                (("node", node_shipping), ("python", python_shipping))}  # fmt: skip
+        big = {name: pool.submit(_hostile, s.url, huge) for name, s in
+               (("node", node_shipping), ("python", python_shipping))}  # fmt: skip
+        for name, service in (("node", node_shipping), ("python", python_shipping)):
+            answer, seconds = _hostile(service.url, stranger)
+            assert answer.startswith(b"HTTP/1.1 401") and seconds < 2.0, (name, seconds, answer[:200])
+        for name in ("node", "python"):
+            answer, seconds = slow[name].result()
+            assert answer.startswith(b"HTTP/1.1 408"), (name, answer[:200])
+            assert 9.0 < seconds < 13.0, (name, seconds)  # cut off after the worker's 10 s
+            answer, seconds = big[name].result()
+            assert answer.startswith(b"HTTP/1.1 431"), (name, answer[:200])
+            assert seconds < 2.0, (name, seconds)

@@ -13,6 +13,8 @@ import { getQuote, shipOrder } from './shipping.js';
 
 const SERVICE = 'shipping';
 /** The boutique's services: a path naming one of the others is "not served by this process". */
+const REQUEST_TIMEOUT_MS = 10_000; // as archipel's worker: the whole request, head and body
+
 export const APP_SERVICES = new Set([
   'ads', 'cart', 'catalog', 'checkout', 'currency', 'email', 'frontend', 'payment', 'recommendation', SERVICE,
 ]);
@@ -42,7 +44,7 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
     res.end(body);
   };
 
-  const server = createServer((req, res) => {
+  const server = createServer({ maxHeaderSize: 16 * 1024, connectionsCheckingInterval: 1_000 }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const method = req.method ?? 'GET';
     const name = path.startsWith(`/${SERVICE}/`) ? path.slice(SERVICE.length + 2) : null;
@@ -67,6 +69,13 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
     }
     req.resume(); // a body nobody reads must not hold the connection
   });
+  // The limits of archipel's worker (archipel/_rpc/limits.py, _deploy/worker.py): a request must
+  // arrive whole within 10 s (a trickling client is cut off with 408), heads of at most 16 KiB,
+  // kept-alive connections closed after 5 s idle (callers drop theirs at 4 s). Node checks the
+  // timeouts every `connectionsCheckingInterval`: 1 s, not its default 30 s.
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  server.headersTimeout = REQUEST_TIMEOUT_MS;
+  server.keepAliveTimeout = 5_000;
 
   /** A path that is no endpoint: archipel's RpcServer._rpc_miss for `/{service}/{method}` of the app. @param {string} path @param {string} method @param {import('node:http').ServerResponse} res */
   function miss(path, method, res) {
@@ -138,6 +147,9 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
       }
     }
     metrics.served(name, status, started === null ? null : (performance.now() - started) / 1000);
+    // Answered before its body was read (401, 413...): close, as archipel does, rather than read
+    // (or wait for) the rest of a body nobody wants.
+    if (!req.complete) headers = { ...headers, connection: 'close' };
     respond(res, status, body, headers);
   }
 
