@@ -125,6 +125,11 @@ def test_containers_run_its_image_and_callers_reach_a_url(tmp_path: Path, hello:
               for o in kube for doc in yaml.safe_load_all(o.text)
               if isinstance(doc, dict) and doc.get("kind") in ("Deployment", "StatefulSet")}  # fmt: skip
     assert images["hello-guestbook"] == "hello/guestbook-node:1" and images["hello-greeter"] == "hello:1"
+    policies = {doc["metadata"]["name"]: doc["spec"] for o in kube for doc in yaml.safe_load_all(o.text)
+                if isinstance(doc, dict) and doc.get("kind") == "NetworkPolicy"}  # fmt: skip
+    greeter_out = policies["hello-greeter"]["egress"]
+    assert {"ports": [{"protocol": "TCP", "port": 9000}]} in greeter_out  # to names, outside
+    assert {"ports": [{"protocol": "TCP", "port": 9000}]} not in policies["hello-guestbook"]["egress"]
 
 
 def test_containers_need_an_image_for_a_command(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 From the plan's call graph (``DeploymentPlan.callers``): a process admits connections from the
 processes that call it, and from anywhere when it serves pages (the edge); it may connect to
-DNS, to the processes it calls and to the broker. The broker admits the deployment's processes
+DNS, to the processes it calls, to the ports of the external services it calls (their addresses
+are outside the cluster's knowledge) and to the broker. The broker admits the deployment's processes
 only. Everything else is refused, in both directions, where the cluster's network plugin
 enforces NetworkPolicies (Calico, Cilium, k3s's embedded controller do; check yours).
 
@@ -33,6 +34,9 @@ def process_policy(names: Names, process: ProcessPlan) -> dict[str, Any]:
     callees = [other.name for other in plan.processes if process.name in plan.callers(other)]
     if callees:
         egress.append({"to": [_pods(names, name) for name in callees], "ports": http})
+    for service in sorted(plan.called_by(process) & set(plan.remote)):  # external, reached by URL
+        ports = sorted({_port(url) for url in plan.remote[service]})
+        egress.append({"ports": [{"protocol": "TCP", "port": port} for port in ports]})
     if plan.uses_broker:
         external = external_broker(plan)
         if external is None:
@@ -74,6 +78,11 @@ def broker_policy(names: Names) -> dict[str, Any]:
             "egress": [],
         },
     }
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _pods(names: Names, name: str) -> dict[str, Any]:
