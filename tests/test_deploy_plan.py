@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import stat
@@ -310,6 +311,40 @@ async def test_probes_take_a_replica_out_while_not_ready_and_back_when_ready() -
             assert membership.healthy("cart") == [one.url, two.url]  # none healthy: try them all
         finally:
             await membership.close()
+
+
+async def test_replicas_still_starting_are_not_announced_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """A deployment coming up: peers not ready yet are a DEBUG detail, not a line per peer; once
+    a replica has been ready, its leaving and coming back are INFO, and so is one added later."""
+    starting, later = Replica(), Replica()
+    starting.ready = False
+    await starting.start()
+    membership = Membership({"cart": [starting.url]}, interval=0.05)
+    caplog.set_level(logging.DEBUG, logger="archipel.membership")
+
+    def said(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    async with aiohttp.ClientSession() as session:
+        membership.start(session)
+        try:
+            await _until(lambda: f"replica {starting.url} is not ready yet" in said(logging.DEBUG))
+            starting.ready = True
+            await _until(lambda: f"replica {starting.url} is ready: in rotation" in said(logging.DEBUG))
+            assert said(logging.INFO) == []
+            starting.ready = False
+            await _until(
+                lambda: f"replica {starting.url} is out of rotation: not ready" in said(logging.INFO)
+            )
+            starting.ready = True
+            await _until(lambda: f"replica {starting.url} is back in rotation" in said(logging.INFO))
+            await later.start()
+            membership.replace({"cart": [starting.url, later.url]})  # scaled up while running
+            await _until(lambda: f"replica {later.url} joins the rotation" in said(logging.INFO))
+        finally:
+            await membership.close()
+            await starting.stop()
+            await later.stop()
 
 
 async def test_the_peers_file_replaces_the_peers_and_a_bad_one_is_ignored(tmp_path: Path) -> None:

@@ -53,6 +53,10 @@ class Membership:
         self._file_stamp: tuple[int, int] | None = None
         self._interval = interval
         self._down: set[str] = set()  # base URLs out of the rotation
+        # Replicas seen ready at least once. Until then a replica is starting with everyone else
+        # (a deployment coming up): its comings and goings are DEBUG, not a line per peer at INFO.
+        self._seen_ready: set[str] = set()
+        self._initial: set[str] = set()  # replicas known before probing started
         self._failures: dict[str, int] = {}  # failed probes in a row, per base URL
         self._unresponsive: list[Callable[[str], None]] = []
         self._back: list[Callable[[str], None]] = []
@@ -78,7 +82,7 @@ class Membership:
         """A connection to ``url`` failed: leave it out until a probe finds it ready."""
         if url not in self._down:
             self._down.add(url)
-            log.info("replica %s is out of rotation: a connection failed", url)
+            self._announce(url, "replica %s is out of rotation: a connection failed")
 
     def replace(self, peers: Mapping[str, Sequence[str]]) -> None:
         """Take ``peers`` (service -> base URLs) as the whole list of known replicas."""
@@ -114,8 +118,16 @@ class Membership:
             for urls in self._known.values()
         )
 
+    def _announce(self, url: str, message: str) -> None:
+        """A replica leaves the rotation: INFO once it had been ready, else it is still starting."""
+        if url in self._seen_ready:
+            log.info(message, url)
+        else:
+            log.debug("replica %s is not ready yet", url)
+
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._task is None and self._interval > 0 and (self._known or self._peers_file):
+            self._initial = self._all()
             self._task = asyncio.create_task(self._probe_forever(session))
 
     async def close(self) -> None:
@@ -138,12 +150,21 @@ class Membership:
                 self._failures[url] = 0 if ready else self._failures.get(url, 0) + 1
                 if ready and url in self._down:
                     self._down.discard(url)
-                    log.info("replica %s is back in rotation", url)
+                    if url in self._seen_ready:
+                        log.info("replica %s is back in rotation", url)
+                    elif url in self._initial:
+                        log.debug("replica %s is ready: in rotation", url)
+                    else:  # added while running (scaled up, rolled out)
+                        log.info("replica %s joins the rotation", url)
                     for listener in self._back:
                         listener(url)
+                elif ready and url not in self._seen_ready:  # found ready at its first probe
+                    log.debug("replica %s is ready: in rotation", url)
                 elif not ready and url not in self._down:
                     self._down.add(url)
-                    log.info("replica %s is out of rotation: not ready", url)
+                    self._announce(url, "replica %s is out of rotation: not ready")
+                if ready:
+                    self._seen_ready.add(url)
                 if self._failures[url] == UNRESPONSIVE_AFTER and self._has_alternative(url):
                     log.warning("replica %s fails its probes: calls waiting on it move on", url)
                     for listener in self._unresponsive:
