@@ -344,4 +344,7 @@ def test_the_documented_benchmark_runs() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| RPC calls/s, 16 callers |" in result.stdout and "| events/s, closed loop |" in result.stdout
+    # The paired measure: both workers up at once, blocks of calls alternating between them.
+    assert "| paired RPC CPU ms per call, the worker |" in result.stdout, result.stdout
+    assert "| of which the consumer (CONSUMER spans) |" in result.stdout, result.stdout
     assert "failed:" not in result.stdout, result.stdout
