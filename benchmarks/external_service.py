@@ -52,11 +52,12 @@ from boutique.types import Address, CartItem, Money, OrderItem, OrderPlaced, Ord
 
 from archipel._bench.result import this_machine  # noqa: E402
 from archipel._deploy.children import free_port  # noqa: E402
+from archipel._deploy.environment import WorkerSpec, worker_environment  # noqa: E402
 from archipel._events.bus import Envelope  # noqa: E402
 from archipel._events.mqtt import MqttBus  # noqa: E402
 from archipel._interceptors import default_interceptors  # noqa: E402
 from archipel._rpc.client import HttpTransport  # noqa: E402
-from archipel._security.keyring import keyring_for  # noqa: E402
+from archipel._security.keyring import KEYRING_VAR, keyring_for  # noqa: E402
 from archipel._security.tokens import Signer  # noqa: E402
 from archipel.testing.plugin import embedded_mosquitto  # noqa: E402
 
@@ -119,25 +120,24 @@ def command_of(kind: str) -> list[str]:
 
 
 def environment(deployment: str, port: int, broker: str, data_dir: Path) -> dict[str, str]:
-    """What the supervisor gives a shipping process (archipel/_deploy/environment.py)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
-    keyring = keyring_for(app, deployment, "shipping", ["shipping"], [SECRET])
-    env.update(
-        ARCHIPEL_APP="boutique.app:app",
-        ARCHIPEL_PROCESS="shipping",
-        ARCHIPEL_HOST="127.0.0.1",
-        ARCHIPEL_PORT=str(port),
-        ARCHIPEL_DEPLOYMENT=deployment,
-        ARCHIPEL_VERSION="v-bench",
-        ARCHIPEL_INSTANCE="shipping-0",
-        ARCHIPEL_KEYRING=msgspec.json.encode(keyring).decode(),
-        ARCHIPEL_BROKER=broker,
-        ARCHIPEL_BROKER_LOGIN="0",  # the embedded broker without logins: anonymous on 127.0.0.1
-        ARCHIPEL_DATA_DIR=str(data_dir),
-        ARCHIPEL_DRAIN="2",
-        ARCHIPEL_SUPERVISOR_PID=str(os.getpid()),
-        PYTHONPATH=str(BOUTIQUE),
+    """What the supervisor gives a shipping process, written by the same function."""
+    spec = WorkerSpec(
+        app="boutique.app:app",
+        name="shipping",
+        services=["shipping"],
+        host="127.0.0.1",
+        port=port,
+        broker=broker,
+        broker_login=False,  # the embedded broker without logins: anonymous on 127.0.0.1
+        deployment=deployment,
+        version="v-bench",
+        drain=2.0,
+        supervisor_pid=os.getpid(),
     )
+    keyring = keyring_for(app, deployment, "shipping", ["shipping"], [SECRET])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
+    env.update(worker_environment(spec), PYTHONPATH=str(BOUTIQUE), ARCHIPEL_DATA_DIR=str(data_dir))
+    env[KEYRING_VAR] = msgspec.json.encode(keyring).decode()
     return env
 
 

@@ -40,12 +40,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from archipel._dashboard.metrics import event_rates, parse
 from archipel._deploy.acl import broker_users, write_acl_file, write_password_file
 from archipel._deploy.children import free_port
+from archipel._deploy.environment import WorkerSpec, worker_environment
 from archipel._deploy.mosquitto import find_mosquitto, write_config
 from archipel._events.bus import Envelope
 from archipel._events.dispatch import DeadLetter, Dispatcher
 from archipel._events.mqtt import MqttBus
 from archipel._model import HandlerSpec
-from archipel._security.keyring import Keyring, edge_key, keyring_for, mqtt_username, scrape_token
+from archipel._security.keyring import (
+    KEYRING_VAR,
+    Keyring,
+    edge_key,
+    keyring_for,
+    mqtt_username,
+    scrape_token,
+)
 from archipel._security.secrets import mqtt_password
 from archipel._security.tokens import Signer, sign
 
@@ -117,20 +125,22 @@ def stop(service: Service) -> None:
 
 
 def base_env(deployment: str, port: int, keyring: Keyring) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
-    env.update(
-        ARCHIPEL_APP="boutique.app:app",
-        ARCHIPEL_PROCESS="shipping",
-        ARCHIPEL_HOST="127.0.0.1",
-        ARCHIPEL_PORT=str(port),
-        ARCHIPEL_DEPLOYMENT=deployment,
-        ARCHIPEL_VERSION="v-test",
-        ARCHIPEL_INSTANCE="shipping-0",
-        ARCHIPEL_KEYRING=msgspec.json.encode(keyring).decode(),
-        ARCHIPEL_DRAIN="2",
-        ARCHIPEL_SUPERVISOR_PID=str(os.getpid()),
-        PYTHONPATH=str(ROOT / "examples" / "boutique"),
+    """The variables a supervisor gives the shipping process, written by the same function
+    (``worker_environment``), so both implementations are held to the one contract."""
+    spec = WorkerSpec(
+        app="boutique.app:app",
+        name="shipping",
+        services=["shipping"],
+        host="127.0.0.1",
+        port=port,
+        deployment=deployment,
+        version="v-test",
+        drain=2.0,
+        supervisor_pid=os.getpid(),
     )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
+    env.update(worker_environment(spec), PYTHONPATH=str(ROOT / "examples" / "boutique"))
+    env[KEYRING_VAR] = msgspec.json.encode(keyring).decode()
     return env
 
 
