@@ -9,7 +9,8 @@ itself does not enforce (measured in tests/test_fuzz_http.py):
   byte or of the connection opening: a client that trickles one gets 408 and is cut off, one that
   never sends a byte is cut off (slowloris). The app's own time is not counted: deadlines bound it;
 - a response given before the request's body was read (413, 401...) closes the connection, so no
-  more of that body is read.
+  more of that body is read; in stages (the answer, a FIN, what still arrives dropped, the close),
+  so that the client gets the answer rather than a reset.
 
 Both of uvicorn's protocols are extended, with the same limits and the same answers:
 ``limited_httptools`` (the worker's, the faster: docs/decisions/0010-http-stack.md) and
@@ -37,6 +38,26 @@ def refusal(status: bytes, kind: str, message: str) -> bytes:
     )
 
 
+LINGER = 2.0  # seconds a refused client's further bytes are read and dropped before the close
+
+
+def close_after_answer(transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
+    """Close a connection whose client may still be sending (a body or a head refused) so that
+    the answer reaches it. A plain close with unread bytes makes the kernel send a reset, which
+    can destroy the answer before the client has read it (RFC 9112, 9.6: close in stages). So:
+    send the answer and a FIN, drop whatever still arrives, close when the client does or after
+    ``LINGER`` seconds."""
+    assert isinstance(transport, asyncio.Transport)
+    if transport.is_closing():
+        return
+    if not transport.can_write_eof():  # TLS cannot half-close
+        transport.close()
+        return
+    transport.write_eof()
+    transport.resume_reading()  # the protocol drops what arrives; the kernel's buffer must not fill
+    loop.call_later(LINGER, transport.close)
+
+
 def _timed_out(request_timeout: float) -> bytes:
     message = f"the request did not arrive whole within {request_timeout:g}s"
     return refusal(b"408 Request Timeout", "request_timeout", message)
@@ -60,12 +81,15 @@ def limited_h11(request_timeout: float, max_header_bytes: int) -> type[H11Protoc
 
         _deadline: asyncio.TimerHandle | None = None
         _partial = False  # some bytes of a request arrived
+        _stopped = False  # refused: whatever else arrives is dropped
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self._stopped:
+                return
             self._partial = True
             self._arm()
             if self.conn.their_state is h11.IDLE and self._refused(self.conn.trailing_data[0] + data):
@@ -80,7 +104,7 @@ def limited_h11(request_timeout: float, max_header_bytes: int) -> type[H11Protoc
             if self.transport.is_closing():
                 return
             if unread:  # answered before its body was read: read no more of it
-                self.transport.close()
+                self._stop()
                 return
             if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
                 self._partial = False
@@ -113,10 +137,14 @@ def limited_h11(request_timeout: float, max_header_bytes: int) -> type[H11Protoc
                 answer = ambiguous
             else:
                 return False
-            self._disarm()
             self.transport.write(answer)
-            self.transport.close()
+            self._stop()
             return True
+
+        def _stop(self) -> None:
+            self._disarm()
+            self._stopped = True
+            close_after_answer(self.transport, self.loop)
 
         def _expired(self) -> None:
             self._deadline = None
@@ -227,7 +255,9 @@ def limited_httptools(request_timeout: float, max_header_bytes: int) -> type[Htt
             if self.transport.is_closing():
                 return
             if unread:  # answered before its body was read: read no more of it
-                self.transport.close()
+                self._disarm()
+                self._stopped = True
+                close_after_answer(self.transport, self.loop)
                 return
             if self._reading:
                 self._arm()  # a pipelined request is on its way
@@ -267,7 +297,7 @@ def limited_httptools(request_timeout: float, max_header_bytes: int) -> type[Htt
                     self.transport.close()
                     return
             self.transport.write(answer)
-            self.transport.close()
+            close_after_answer(self.transport, self.loop)
 
         def _arm(self) -> None:
             if self._deadline is None:
