@@ -15,14 +15,12 @@ import msgspec
 import typer
 from rich.console import Console
 
-from .._app import App
 from .._errors import DefinitionError
 from .._security.keyring import keyring_for
 from .._security.secrets import SECRET_FILE_VAR, SECRET_VAR, SecretError, load_secrets
 from .acl import _write_private, broker_auth_files
 from .loading import command_app, command_settings, fail
 from .plan import DeploymentPlan, settings_plan
-from .settings import Settings
 
 broker_files = typer.Typer(add_completion=False, help="Broker logins and access rules.")
 console = Console(highlight=False)
@@ -68,10 +66,8 @@ def broker_auth(
 ) -> None:
     """Write the broker logins of APP's processes (one per process, from the placement in the
     settings' groups), the supervisor's and the observer's, and their access rules."""
-    settings = command_settings(config)
-    reference, the_app = command_app(app, settings)
-    name = deployment or settings.deployment or the_app.name
-    processes = _placement(reference, the_app, settings).login_owners()
+    placement = _placement(app, deployment, config)
+    the_app, name, processes = placement.app, placement.deployment, placement.login_owners()
     secret = _secret()
     folder = out.absolute()
     try:
@@ -90,9 +86,12 @@ def broker_auth(
     console.print(f"each process logs in as {name}.PROCESS, its password derived from the secret")
 
 
-def _placement(reference: str, app: App, settings: Settings) -> DeploymentPlan:
+def _placement(app: str | None, deployment: str | None, config: Path | None) -> DeploymentPlan:
+    """APP placed as the settings say, as microservices; ``deployment`` overrides its name."""
+    settings = command_settings(config)
+    reference, the_app = command_app(app, settings)
     try:
-        return settings_plan(reference, app, settings, mode="microservices")
+        return settings_plan(reference, the_app, settings, mode="microservices", deployment=deployment)
     except DefinitionError as exc:
         fail(str(exc))
 
@@ -110,13 +109,11 @@ def keyring(
     """Write the keyring of SERVICE: the keys that check its callers' credentials, sign its own
     calls, and its broker login. Hand it to an external service (ARCHIPEL_KEYRING_FILE) that runs
     elsewhere; it holds no more than that service needs, never the secret."""
-    settings = command_settings(config)
-    reference, the_app = command_app(app, settings)
-    name = deployment or settings.deployment or the_app.name
-    owners = _placement(reference, the_app, settings).login_owners()
+    placement = _placement(app, deployment, config)
+    owners, name = placement.login_owners(), placement.deployment
     if service not in owners:
         fail(f"no process or external service {service!r}; there are: {', '.join(owners)}")
-    ring = keyring_for(the_app, name, service, owners[service], [_secret()])
+    ring = keyring_for(placement.app, name, service, owners[service], [_secret()])
     _write_private(out.absolute(), msgspec.json.encode(ring).decode())
     console.print(f"keyring of {service!r} in deployment {name!r} written to {out} (mode 0600)")
     console.print(f"give it to the process as ARCHIPEL_KEYRING_FILE={out.absolute()}")

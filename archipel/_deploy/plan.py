@@ -133,6 +133,11 @@ def check_external(
                 raise DefinitionError(f"[external.{name}]: url {url!r} must be http:// or https://host:port")
 
 
+def reached_by_url(external: Mapping[str, External]) -> dict[str, tuple[str, ...]]:
+    """The external services that run elsewhere: service -> their base URLs."""
+    return {name: where.url for name, where in external.items() if where.url}
+
+
 DEFAULT_PORT = 8000  # what each process listens on in a container; the first port locally
 
 
@@ -195,6 +200,10 @@ class DeploymentPlan:
     def serves_pages(self, process: ProcessPlan) -> bool:
         """Whether ``process`` hosts a service with its own web routes (an edge of the system)."""
         return any(self.app.specs[s].cls.asgi_app is not Service.asgi_app for s in process.services)
+
+    def remote_peers(self) -> dict[str, list[str]]:
+        """The external services reached by URL as peers: service -> base URLs."""
+        return {name: list(urls) for name, urls in self.remote.items()}
 
     def login_owners(self) -> dict[str, list[str]]:
         """Who logs in to the broker (process -> its services): every process, and each
@@ -281,7 +290,7 @@ def deployment_plan(
         tls=tls,
         drain=drain,
         version=version,
-        remote={name: where.url for name, where in (external or {}).items() if where.url},
+        remote=reached_by_url(external or {}),
     )
 
 

@@ -349,7 +349,7 @@ class Supervisor:
             pick_port=lambda: free_port(self.host),
             shared=[p.name for p in self.plans if self.plan.serves_pages(p)],
         )
-        peers = {name: list(urls) for name, urls in self.plan.remote.items()}
+        peers = self.plan.remote_peers()
         peers.update(
             {s: [self._url(port) for port in chosen[p.name].values()] for p in self.plans for s in p.services}
         )
@@ -410,7 +410,7 @@ class Supervisor:
     def peers(self) -> dict[str, list[str]]:
         """Each service's replicas, but those on their way out (scale-down, rollout); external
         services reached by URL at their configured addresses."""
-        peers: dict[str, list[str]] = {name: list(urls) for name, urls in self.plan.remote.items()}
+        peers: dict[str, list[str]] = self.plan.remote_peers()
         for child in self.children:
             for service in child.services:
                 urls = peers.setdefault(service, [])
@@ -578,6 +578,6 @@ class Supervisor:
             "supervisor_started": process_start(os.getpid()),
             "updated": time.time(),
             "processes": [c.status() for c in self.children],
-            "external": {name: list(urls) for name, urls in self.plan.remote.items()},  # reached by URL
+            "external": self.plan.remote_peers(),  # reached by URL
             "dashboard": None if self.dashboard is None else self.dashboard.url,
         }

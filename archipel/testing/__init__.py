@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import uvicorn
 
 from .._app import App
-from .._deploy.plan import External, Mode, ProcessPlan, check_external, plan
+from .._deploy.plan import External, Mode, ProcessPlan, check_external, plan, reached_by_url
 from .._deploy.supervisor import EMBEDDED, Supervisor, free_port
 from .._deploy.worker import uvicorn_config
 from .._events.bus import LocalBus
@@ -284,10 +284,10 @@ async def _microservices(
         data_dir=(env or {}).get(DATA_DIR_VAR),
         open_endpoints=open_endpoints,
         echo=_echo if os.environ.get("ARCHIPEL_TEST_ECHO") else None,
-        remote={name: where.url for name, where in topology.external.items() if where.url},
+        remote=reached_by_url(topology.external),
     )
     await supervisor.start(timeout)
-    replicas: dict[str, list[str]] = {name: list(urls) for name, urls in supervisor.plan.remote.items()}
+    replicas: dict[str, list[str]] = supervisor.plan.remote_peers()
     for child in supervisor.children:
         for service in child.services:
             replicas.setdefault(service, []).append(child.url)
