@@ -27,7 +27,7 @@ import pytest
 
 from archipel._context import set_traceparent
 from archipel._deploy.children import free_port
-from archipel._deploy.log_files import Follower, RotatingLog, interleave, stamped, tail
+from archipel._deploy.log_files import Follower, RotatingLog, interleave, line_time, stamped, tail
 from archipel._telemetry.logs import CHATTY, LogSettings, configure_logging
 
 from .test_cli import ROOT, archipel, wait_for_status
@@ -299,9 +299,14 @@ def test_archipel_logs_prints_follows_and_names_what_is_wrong(tmp_path: Path) ->
         logs = archipel("logs", "diary", "-n", "3", "--state-dir", str(state))
         assert logs.returncode == 0, logs.stderr
         shown = logs.stdout.splitlines()
-        assert [line.split("| ", 1)[0].strip() for line in shown] == ["monolith", "monolith#1", "monolith"]
-        assert [line.rsplit("noted ", 1)[1].split()[0] for line in shown] == ["first", "second", "third"]
-        assert shown[-1].endswith("trace=4bf92f35")
+        # Interleaved by time: the stamps are to the millisecond, and two calls can share one, so
+        # the order is checked by stamp, and who wrote each note by its line.
+        times = [line_time(line.split("| ", 1)[1]) for line in shown]
+        assert None not in times and times == sorted(times), shown
+        written = {line.rsplit("noted ", 1)[1].split()[0]: line for line in shown}
+        replicas = {note: line.split("| ", 1)[0].strip() for note, line in written.items()}
+        assert replicas == {"first": "monolith", "second": "monolith#1", "third": "monolith"}
+        assert written["third"].endswith("trace=4bf92f35")
         one = archipel("logs", "diary", "--replica", "1", "--json", "--state-dir", str(state))
         assert [json.loads(line)["replica"] for line in one.stdout.splitlines()] == [1]
         assert "noted second" in one.stdout
