@@ -165,8 +165,28 @@ async def test_cart_empties_once_per_order(cart: Cart) -> None:
     assert (await cart.get_cart("u1")).items == [CartItem("beanie", 2)]
 
 
-def placed_order(order_id: str, user_id: str) -> OrderPlaced:
-    item = OrderItem("camp-mug", "Enamel Camp Mug", 1, Money("USD", 12, 500_000_000))
+async def test_an_order_announced_late_takes_out_only_what_it_bought(cart: Cart) -> None:
+    # The buyer ordered one mug, then added a mug and a beanie before OrderPlaced reached the
+    # cart (a busy consumer, a rollout): the order takes its one mug, the later adds stay.
+    await cart.add_item("u1", "camp-mug", 1)
+    event = placed_order("order-1", "u1")
+    await cart.add_item("u1", "camp-mug", 1)
+    await cart.add_item("u1", "beanie", 3)
+    await cart.empty_after_order(event)
+    assert await _lines(cart, "u1") == {"beanie": 3, "camp-mug": 1}
+    await cart.empty_after_order(event)  # announced again: taken out once
+    assert await _lines(cart, "u1") == {"beanie": 3, "camp-mug": 1}
+    # A line already smaller than the order (the buyer lowered it) just goes.
+    await cart.empty_after_order(placed_order("order-2", "u1", quantity=5))
+    assert await _lines(cart, "u1") == {"beanie": 3}
+
+
+async def _lines(cart: Cart, user_id: str) -> dict[str, int]:
+    return {item.product_id: item.quantity for item in (await cart.get_cart(user_id)).items}
+
+
+def placed_order(order_id: str, user_id: str, quantity: int = 1) -> OrderPlaced:
+    item = OrderItem("camp-mug", "Enamel Camp Mug", quantity, Money("USD", 12, 500_000_000))
     return OrderPlaced(
         order_id, user_id, "a@example.com", [item], Money("USD", 4, 990_000_000),
         Money("USD", 17, 490_000_000), ADDRESS, "tx-1",

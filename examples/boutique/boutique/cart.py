@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from archipel import Collection, Conflict, InvalidArgument, Service, collection, on, rpc
@@ -71,8 +72,9 @@ class CartStore(Protocol):
     async def set(self, user_id: str, product_id: str, quantity: int) -> None: ...
     async def items(self, user_id: str) -> list[CartItem]: ...
     async def clear(self, user_id: str) -> None: ...
-    async def clear_for_order(self, user_id: str, order_id: str) -> bool:
-        """Clear the cart the first time ``order_id`` is seen (remembering it); False after."""
+    async def remove_ordered(self, user_id: str, order_id: str, ordered: Mapping[str, int]) -> bool:
+        """Take the ordered quantities out of the cart the first time ``order_id`` is seen
+        (remembering it), dropping lines that reach zero; False after."""
 
     async def close(self) -> None: ...
 
@@ -107,10 +109,17 @@ class CollectionStore:
     async def clear(self, user_id: str) -> None:
         await self._carts.delete(user_id)
 
-    async def clear_for_order(self, user_id: str, order_id: str) -> bool:
+    async def remove_ordered(self, user_id: str, order_id: str, ordered: Mapping[str, int]) -> bool:
         if await self._emptied.get(order_id) is not None:
             return False
-        await self._carts.delete(user_id)
+        lines = await self._lines(user_id)
+        for product_id, quantity in ordered.items():
+            lines[product_id] = lines.get(product_id, 0) - quantity
+        left = {product_id: quantity for product_id, quantity in lines.items() if quantity > 0}
+        if left:
+            await self._save(user_id, left)
+        else:
+            await self._carts.delete(user_id)
         await self._emptied.put(order_id, user_id)
         return True
 
@@ -124,13 +133,18 @@ class CollectionStore:
         await self._carts.put(user_id, CartContents(user_id, [CartItem(p, q) for p, q in lines.items()]))
 
 
-# Marks the order as handled and deletes the cart in one atomic step.
-_CLEAR_ONCE = """
-if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return 1
+# Marks the order as handled and takes its lines out of the cart in one atomic step.
+# ARGV: the mark's lifetime, then product id and ordered quantity pairs.
+_REMOVE_ORDERED_ONCE = """
+if not redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1]) then
+  return 0
 end
-return 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
 """
 
 
@@ -168,13 +182,15 @@ class RedisStore:
     async def clear(self, user_id: str) -> None:
         await self._redis.delete(self._key(user_id))
 
-    async def clear_for_order(self, user_id: str, order_id: str) -> bool:
+    async def remove_ordered(self, user_id: str, order_id: str, ordered: Mapping[str, int]) -> bool:
+        pairs = [str(value) for line in ordered.items() for value in line]
         done = await self._redis.eval(
-            _CLEAR_ONCE,
+            _REMOVE_ORDERED_ONCE,
             2,
             self._key(user_id),
             f"{self._prefix}order-emptied:{order_id}",
             ORDER_MEMORY_SECONDS,
+            *pairs,
         )
         return bool(done)
 
@@ -225,8 +241,12 @@ class Cart(Service):
 
     @on(OrderPlaced)
     async def empty_after_order(self, event: OrderPlaced) -> None:
+        # Only what the order bought leaves the cart: the event can land after the buyer has
+        # added more (a busy or restarting consumer, a redelivery), and those lines must stay.
         # The inbox already skips a redelivery of this event (same event id). The per-order mark
         # is for the same order announced under another event id (one form submitted to two
-        # checkout replicas at once: each emits one): emptying again would wipe a basket refilled
-        # since, so the order id, not the event id, decides.
-        await self.store.clear_for_order(event.user_id, event.order_id)
+        # checkout replicas at once: each emits one), so the order id, not the event id, decides.
+        ordered: dict[str, int] = {}
+        for item in event.items:
+            ordered[item.product_id] = ordered.get(item.product_id, 0) + item.quantity
+        await self.store.remove_ordered(event.user_id, event.order_id, ordered)
