@@ -30,6 +30,7 @@ if str(SHOP) not in sys.path:  # the shop imports as the package ``boutique`` (a
 from boutique.app import app as shop_app  # noqa: E402
 
 from tests.boutique.buyer import checkout_form  # noqa: E402
+from tests.boutique.test_boutique_e2e import node_shipping  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,9 +75,13 @@ HANDLERS = {"email.send_confirmation", "shipping.ship_placed_order", "cart.empty
 LATER = {"checkout.mark_shipped", "email.send_shipping_notice"}  # of OrderShipped, which shipping emits
 
 
-@pytest.mark.parametrize("topology", ["monolith", "microservices"])
-async def test_a_checkout_is_one_trace_across_processes(topology: str) -> None:
-    async with run_app(shop_app, topology) as shop:
+@pytest.mark.parametrize("topology", ["monolith", "microservices", "microservices-node-shipping"])
+async def test_a_checkout_is_one_trace_across_processes(
+    topology: str, request: pytest.FixtureRequest
+) -> None:
+    # The third: shipping is its Node.js implementation, which records and serves spans the same way.
+    shape = node_shipping(request) if topology == "microservices-node-shipping" else topology
+    async with run_app(shop_app, shape) as shop:
         base = shop.url_of("frontend")
         async with httpx.AsyncClient(base_url=base, follow_redirects=True, timeout=10) as web_client:
             await web_client.post("/basket/add", data={"product_id": "camp-mug", "quantity": "2"})
@@ -134,6 +139,12 @@ async def test_a_checkout_is_one_trace_across_processes(topology: str) -> None:
     assert charge["service"] == "payment" and by_id[charge["parent_id"]]["parent_id"] == server["span_id"]
     assert publish["attributes"]["messaging.system"] == "mqtt"
     assert {"frontend", "checkout", "payment", "email", "shipping", "cart"} <= {s["service"] for s in spans}
+    quote = next(s for s in spans if s["name"] == "shipping.get_quote" and s["kind"] == "server")
+    assert by_id[quote["parent_id"]]["kind"] == "client" and quote["status"] == "ok"
+    shipped = next(s for s in spans if s["name"] == "publish orders/shipped")
+    assert shipped["kind"] == "producer" and shipped["service"] == "shipping"
+    assert by_id[shipped["parent_id"]]["name"] == "shipping.ship_placed_order"
+    assert {by_id[s["parent_id"]]["name"] for s in spans if s["name"] in LATER} == {"publish orders/shipped"}
 
 
 async def test_traces_is_guarded_like_metrics_and_checks_its_query() -> None:

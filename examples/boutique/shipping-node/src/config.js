@@ -148,6 +148,10 @@ export function loadConfig(env) {
     reusePort: read('ARCHIPEL_REUSE_PORT', flag, false),
     replica,
     openEndpoints: read('ARCHIPEL_OPEN_ENDPOINTS', endpoints, /** @type {string[]} */ ([])),
+    // As a Python worker: OTEL_SDK_DISABLED=true records no span and /traces answers an empty list.
+    tracingDisabled: (env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true',
+    /** An OTLP endpoint asked for, which this process does not export to (it logs so). */
+    otlpEndpoint: env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim() || env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim() || '',
     /** @type {Keyring | null} */
     keyring: null,
   };

@@ -14,6 +14,7 @@ import { ArchipelError } from './errors.js';
 import { log } from './log.js';
 import { OrderPlaced, ValidationError } from './schema.js';
 import { shipOrder } from './shipping.js';
+import { SERVICE_ATTRIBUTE } from './spans.js';
 
 export const SESSION_EXPIRY = 3600; // seconds a durable session outlives its connection
 export const MAX_INFLIGHT = 100; // messages handled at once (the broker's window, receive maximum)
@@ -131,11 +132,13 @@ const sleep = (/** @type {number} */ seconds) => new Promise((resolve) => setTim
 /**
  * Connect, subscribe, and handle OrderPlaced events until stopped.
  * @param {{broker: string, root: string, app: string, clientId: string, durable: boolean,
- *   username?: string, password?: string, drain: number, metrics?: import('./metrics.js').Metrics}} options
+ *   username?: string, password?: string, drain: number, metrics?: import('./metrics.js').Metrics,
+ *   tracer?: import('./spans.js').Tracer}} options
  */
 export async function startEvents(options) {
   const { root, app } = options;
   const metrics = options.metrics ?? null;
+  const tracer = options.tracer ?? null;
   const filter = sharedFilter(root);
   const client = mqtt.connect(options.broker, {
     protocolVersion: 5,
@@ -191,6 +194,28 @@ export async function startEvents(options) {
     callback();
   };
 
+  /**
+   * Publish `payload` under a PRODUCER span, child of `parent`, whose traceparent the event carries
+   * (as archipel's emit); ended once the broker has it.
+   * @param {string} topic @param {string} type @param {string | undefined} parent @param {string} payload
+   */
+  async function publishTraced(topic, type, parent, payload) {
+    const span = tracer?.start(`publish ${topic}`, 'producer', parent, {
+      'messaging.system': 'mqtt',
+      'messaging.operation.type': 'send',
+      'messaging.destination.name': topic,
+      [SERVICE_ATTRIBUTE]: 'shipping',
+    }) ?? null;
+    try {
+      const id = await publish(topic, type, `/${app}/shipping`, span?.traceparent ?? childTraceparent(parent), payload);
+      if (span !== null) span.attributes['messaging.message.id'] = id;
+    } catch (error) {
+      span?.fail(/** @type {Error} */ (error).name, /** @type {Error} */ (error).message);
+      throw error;
+    }
+    span?.end();
+  }
+
   /** @param {any} packet @returns {Promise<boolean>} whether to acknowledge */
   async function handle(packet) {
     /** @type {Record<string, string | string[]>} */
@@ -228,15 +253,26 @@ export async function startEvents(options) {
       }
       const giveUpAt = Date.now() + REDELIVERY_WINDOW * 1000;
       for (let attempt = 1; ; attempt += 1) {
+        // A span per attempt, each under the publish span the event carries (as EventSpans).
+        const span = tracer?.start(HANDLER, 'consumer', envelope.traceparent, {
+          'messaging.system': 'mqtt',
+          'messaging.operation.type': 'process',
+          'messaging.destination.name': TOPIC_PLACED,
+          'messaging.consumer.group.name': 'shipping',
+          'messaging.message.id': envelope.id,
+          [SERVICE_ATTRIBUTE]: 'shipping',
+        }) ?? null;
         try {
           const shipped = orderShipped(event);
-          await publish(TOPIC_SHIPPED, 'OrderShipped', `/${app}/shipping`, childTraceparent(envelope.traceparent), JSON.stringify(shipped));
+          await publishTraced(TOPIC_SHIPPED, 'OrderShipped', span?.traceparent ?? envelope.traceparent, JSON.stringify(shipped));
+          span?.end();
           metrics?.published(TOPIC_SHIPPED);
           metrics?.handled('ok');
           log('INFO', `shipped order ${clip(event.order_id, 80)}: ${shipped.tracking_id}`);
           return true;
         } catch (error) {
           const name = error instanceof ArchipelError ? error.className : /** @type {Error} */ (error).name;
+          span?.fail(error instanceof ArchipelError ? error.kind : name, /** @type {Error} */ (error).message);
           let reason = `${name}: ${/** @type {Error} */ (error).message}`;
           if (error instanceof ArchipelError && error.status >= 400 && error.status < 500 && ![408, 429].includes(error.status)) {
             log('WARNING', `${HANDLER} refused event ${envelope.id}: ${reason}`);
@@ -292,20 +328,21 @@ export async function startEvents(options) {
   }
 
   /**
-   * QoS 1 publish; resolves on the broker's PUBACK.
+   * QoS 1 publish; resolves with the event id on the broker's PUBACK.
    * @param {string} topic @param {string} type @param {string} source @param {string | undefined} traceparent
    * @param {string} payload
    */
   function publish(topic, type, source, traceparent, payload) {
     /** @type {Record<string, string>} */
-    const userProperties = { specversion: '1.0', id: randomUUID().replaceAll('-', ''), source, type, time: isoNow() };
+    const id = randomUUID().replaceAll('-', '');
+    const userProperties = { specversion: '1.0', id, source, type, time: isoNow() };
     if (traceparent) userProperties.traceparent = traceparent;
     const properties = { payloadFormatIndicator: true, contentType: 'application/json', userProperties };
     return new Promise((resolve, reject) => {
       client.publish(`${root}/${topic}`, payload, { qos: 1, properties }, (error, packet) => {
         if (error) reject(error);
         else if (packet && /** @type {any} */ (packet).reasonCode >= 0x80) reject(new Error(`publish refused (reason ${/** @type {any} */ (packet).reasonCode})`));
-        else resolve(undefined);
+        else resolve(id);
       });
     });
   }

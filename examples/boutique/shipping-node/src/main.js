@@ -8,6 +8,7 @@ import { startEvents } from './events.js';
 import { log } from './log.js';
 import { createMetrics } from './metrics.js';
 import { rpcServer } from './rpc.js';
+import { Tracer } from './spans.js';
 import { Verifier } from './tokens.js';
 
 const sleep = (/** @type {number} */ seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
@@ -31,6 +32,10 @@ async function main() {
     service: SERVICE,
     handler: 'ship_placed_order',
   });
+  const tracer = new Tracer({ process: config.process, enabled: !config.tracingDisabled });
+  if (config.otlpEndpoint && !config.tracingDisabled) {
+    log('WARNING', `spans are kept for GET /traces only: this process exports none to ${config.otlpEndpoint}`);
+  }
 
   let events = null;
   if (config.broker !== null) {
@@ -45,6 +50,7 @@ async function main() {
       password: login?.mqtt_password,
       drain: config.drain,
       metrics,
+      tracer,
     });
   } else {
     log('WARNING', 'no ARCHIPEL_BROKER: this process takes no events');
@@ -57,7 +63,8 @@ async function main() {
     version: config.version,
     ready: connected,
     metrics,
-    openMetrics: config.openEndpoints.includes('metrics'),
+    tracer,
+    open: config.openEndpoints,
   });
   await new Promise((resolve, reject) => {
     rpc.server.once('error', reject);

@@ -2,12 +2,14 @@
  * The HTTP server, with archipel's wire contract (archipel/_rpc/server.py): `POST /shipping/{method}`
  * with a JSON object of the arguments by name, the credential checked before the body is read,
  * the result as JSON (200) or `{"error": {...}}` with the error's status; `/healthz`, `/readyz`,
- * and `/metrics` for the scrape token or an operator (open with ARCHIPEL_OPEN_ENDPOINTS=metrics).
+ * and `/metrics` and `/traces` for the scrape token or an operator (open them with
+ * ARCHIPEL_OPEN_ENDPOINTS=metrics,traces). Each call served is a span (spans.js).
  */
 import { createServer } from 'node:http';
 
 import { ArchipelError, badRequest, errorBody, payloadTooLarge } from './errors.js';
 import { log } from './log.js';
+import { SERVICE_ATTRIBUTE } from './spans.js';
 import { ARGUMENTS, ValidationError } from './schema.js';
 import { getQuote, shipOrder } from './shipping.js';
 
@@ -28,10 +30,11 @@ const METHODS = { get_quote: getQuote, ship_order: shipOrder };
 /**
  * @param {{
  *   verifier: import('./tokens.js').Verifier | null, maxBody: number, version: string,
- *   ready: () => boolean, metrics: import('./metrics.js').Metrics, openMetrics?: boolean,
+ *   ready: () => boolean, metrics: import('./metrics.js').Metrics,
+ *   tracer: import('./spans.js').Tracer, open?: string[],
  * }} options
  */
-export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetrics = false }) {
+export function rpcServer({ verifier, maxBody, version, ready, metrics, tracer, open = [] }) {
   metrics.declare(Object.keys(METHODS));
   const state = { draining: false };
 
@@ -59,9 +62,9 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
       const isReady = ready() && !state.draining;
       const body = { ready: isReady, draining: state.draining, version, services: [SERVICE], pid: process.pid };
       respond(res, isReady ? 200 : 503, JSON.stringify(body));
-    } else if (method === 'GET' && path === '/metrics') {
-      scrape(req, res).catch((error) => {
-        log('ERROR', `/metrics failed: ${error}`);
+    } else if (method === 'GET' && (path === '/metrics' || path === '/traces')) {
+      observe(path, req, res).catch((error) => {
+        log('ERROR', `${path} failed: ${error}`);
         res.destroy();
       });
     } else {
@@ -96,9 +99,9 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
     respond(res, 404, errorBody('not_found', message, service, name));
   }
 
-  /** @param {import('node:http').IncomingMessage} req @param {import('node:http').ServerResponse} res */
-  async function scrape(req, res) {
-    if (verifier !== null && !openMetrics) {
+  /** `/metrics` or `/traces`: @param {string} path @param {import('node:http').IncomingMessage} req @param {import('node:http').ServerResponse} res */
+  async function observe(path, req, res) {
+    if (verifier !== null && !open.includes(path.slice(1))) {
       try {
         verifier.observer(req.headers.authorization);
       } catch (error) {
@@ -106,6 +109,11 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
         respond(res, error.status, errorBody(error.kind, error.message), CHALLENGE);
         return;
       }
+    }
+    if (path === '/traces') {
+      const [status, body] = tracer.traces(new URL(req.url ?? '/', 'http://localhost').searchParams);
+      respond(res, status, body);
+      return;
     }
     const { type, text } = await metrics.expose();
     respond(res, 200, text, { 'content-type': type });
@@ -118,6 +126,10 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
     let headers = JSON_TYPE;
     /** @type {number | null} when the handler was reached (performance.now()) */
     let started = null;
+    /** @type {import('./spans.js').Span | null} from then on, as a Python worker's ServeSpans */
+    let span = null;
+    /** @type {[string, string] | null} the error's kind and message */
+    let failure = null;
     try {
       try {
         // Before the body is read: a caller without a credential costs no more than this.
@@ -129,6 +141,10 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
           throw badRequest(`${TIMEOUT_HEADER} must be a number of ms`);
         }
         started = performance.now();
+        const traceparent = req.headers.traceparent;
+        span = tracer.start(`${SERVICE}.${name}`, 'server', typeof traceparent === 'string' ? traceparent : undefined, {
+          'rpc.system': 'archipel', 'rpc.service': SERVICE, 'rpc.method': name, [SERVICE_ATTRIBUTE]: SERVICE,
+        });
         body = JSON.stringify(METHODS[name](args));
       } catch (error) {
         if (error instanceof ArchipelError && error.status === 401) headers = CHALLENGE;
@@ -137,8 +153,10 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
     } catch (error) {
       if (error instanceof ArchipelError) {
         status = error.status;
+        failure = [error.kind, error.message];
         body = errorBody(error.kind, error.message, SERVICE, name, error.details);
       } else {
+        failure = [/** @type {Error} */ (error).name ?? 'Error', String(/** @type {Error} */ (error).message ?? error)];
         const id = [...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, '0')).join('');
         log('ERROR', `${SERVICE}.${name} raised (error id ${id}): ${/** @type {Error} */ (error).stack ?? error}`);
         status = 500;
@@ -147,6 +165,11 @@ export function rpcServer({ verifier, maxBody, version, ready, metrics, openMetr
       }
     }
     metrics.served(name, status, started === null ? null : (performance.now() - started) / 1000);
+    if (span !== null) {
+      span.attributes['http.response.status_code'] = status;
+      if (failure === null) span.end();
+      else span.fail(...failure);
+    }
     // Answered before its body was read (401, 413...): close, as archipel does, rather than read
     // (or wait for) the rest of a body nobody wants.
     if (!req.complete) headers = { ...headers, connection: 'close' };

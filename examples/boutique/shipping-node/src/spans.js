@@ -1,0 +1,146 @@
+/**
+ * Spans of this process, as archipel's workers record them (archipel/_telemetry/spans.py): one per
+ * RPC served, per event handled and per event published, under the `traceparent` the call or the
+ * event carried, kept in a ring of the last 2,000 and served as `GET /traces` in the same JSON, so
+ * the dashboard's trace view shows this hop like any other. Nothing is exported (no OTLP here).
+ */
+import { randomBytes } from 'node:crypto';
+
+import { errorBody } from './errors.js';
+
+export const RING_SIZE = 2000; // finished spans kept, as a Python worker keeps
+export const DEFAULT_LIMIT = 500; // spans /traces answers with unless ?limit= says otherwise
+export const SERVICE_ATTRIBUTE = 'archipel.service';
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+const TRACE_ID = /^[0-9a-f]{32}$/;
+const ZERO_TRACE = '0'.repeat(32);
+const ZERO_SPAN = '0'.repeat(16);
+
+/** @typedef {'server' | 'client' | 'producer' | 'consumer' | 'internal'} SpanKind */
+/** @typedef {Record<string, string | number | boolean>} Attributes */
+
+/** A nanosecond wall clock: Date.now() for the epoch, hrtime for the resolution. */
+const epochNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
+const nowNs = () => epochNs + process.hrtime.bigint();
+
+/** @param {number} bytes */
+const hexId = (bytes) => {
+  for (;;) {
+    const id = randomBytes(bytes).toString('hex');
+    if (/[^0]/.test(id)) return id; // all zeros is an invalid id (W3C Trace Context)
+  }
+};
+
+/** `traceparent` as [trace id, parent span id, flags], or null when absent or malformed. @param {string | undefined} value */
+export function parseTraceparent(value) {
+  const match = value === undefined ? null : TRACEPARENT.exec(value);
+  if (match === null || match[1] === ZERO_TRACE || match[2] === ZERO_SPAN) return null;
+  return [match[1], match[2], match[3]];
+}
+
+export class Span {
+  /** @param {Tracer} tracer @param {string} name @param {SpanKind} kind @param {string} traceId @param {string | null} parentId @param {Attributes} attributes */
+  constructor(tracer, name, kind, traceId, parentId, attributes) {
+    this.tracer = tracer;
+    this.name = name;
+    this.kind = kind;
+    this.traceId = traceId;
+    this.parentId = parentId;
+    this.spanId = hexId(8);
+    this.attributes = attributes;
+    this.startNs = nowNs();
+    this.endNs = 0n;
+    /** @type {string | null} the status' description when it ended with an error */
+    this.error = null;
+  }
+
+  /** This span as the parent of the next hop's: what the call or the event carries. */
+  get traceparent() {
+    return `00-${this.traceId}-${this.spanId}-01`;
+  }
+
+  end() {
+    this.endNs = nowNs();
+    this.tracer.finish(this);
+  }
+
+  /** End with an error: `kind` is the error's kind (`error.type`). @param {string} kind @param {string} [message] */
+  fail(kind, message = '') {
+    this.attributes['error.type'] = kind;
+    this.error = message.slice(0, 256) || kind;
+    this.end();
+  }
+
+  /** The span as `GET /traces` shows it. Nanoseconds since the epoch exceed 2^53, so the JSON
+   * is put together here: a number would round them. */
+  json() {
+    const head = JSON.stringify({
+      trace_id: this.traceId,
+      span_id: this.spanId,
+      parent_id: this.parentId,
+      name: this.name,
+      kind: this.kind,
+      service: String(this.attributes[SERVICE_ATTRIBUTE] ?? ''),
+    });
+    const tail = JSON.stringify({ status: this.error === null ? 'ok' : 'error', attributes: this.attributes });
+    return `${head.slice(0, -1)},"start_ns":${this.startNs},"end_ns":${this.endNs},${tail.slice(1)}`;
+  }
+}
+
+export class Tracer {
+  /** @param {{process: string, enabled?: boolean, size?: number}} options */
+  constructor({ process, enabled = true, size = RING_SIZE }) {
+    this.process = process;
+    this.enabled = enabled;
+    this.size = size;
+    /** @type {Span[]} oldest first */
+    this.ring = [];
+  }
+
+  /**
+   * A span under `parent` (a new trace when absent or malformed); null when tracing is off
+   * (OTEL_SDK_DISABLED=true) or the parent was not sampled (flags 00: the caller asked for none).
+   * @param {string} name @param {SpanKind} kind @param {string | undefined} parent @param {Attributes} attributes
+   */
+  start(name, kind, parent, attributes) {
+    if (!this.enabled) return null;
+    const parsed = parseTraceparent(parent);
+    if (parsed === null) return new Span(this, name, kind, hexId(16), null, attributes);
+    const [traceId, parentId, flags] = parsed;
+    if ((parseInt(flags, 16) & 1) === 0) return null;
+    return new Span(this, name, kind, traceId, parentId, attributes);
+  }
+
+  /** @param {Span} span */
+  finish(span) {
+    this.ring.push(span);
+    if (this.ring.length > this.size) this.ring.splice(0, this.ring.length - this.size);
+  }
+
+  /**
+   * `GET /traces?trace_id=...&limit=N`: [status, JSON body], as archipel's Tracing.traces.
+   * @param {URLSearchParams} query
+   * @returns {[number, string]}
+   */
+  traces(query) {
+    const traceId = query.getAll('trace_id').at(-1) ?? null;
+    const rawLimit = query.getAll('limit').at(-1) ?? String(DEFAULT_LIMIT);
+    if (traceId !== null && !TRACE_ID.test(traceId)) {
+      return [400, errorBody('bad_request', `trace_id must be 32 lower-case hex digits, got ${pythonRepr(traceId.slice(0, 64))}`)];
+    }
+    if (!/^[0-9]+$/.test(rawLimit)) {
+      return [400, errorBody('bad_request', `limit must be a whole number >= 0, got ${pythonRepr(rawLimit.slice(0, 64))}`)];
+    }
+    let kept = traceId === null ? this.ring : this.ring.filter((span) => span.traceId === traceId);
+    const limit = Number(rawLimit);
+    kept = limit === 0 ? [] : kept.slice(-limit);
+    return [200, `{"process":${JSON.stringify(this.process)},"spans":[${kept.map((span) => span.json()).join(',')}]}`];
+  }
+}
+
+/** A string quoted as Python's repr() quotes one, as the Python worker's messages show it. @param {string} text */
+function pythonRepr(text) {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const body = text.replaceAll('\\', '\\\\').replaceAll(quote, `\\${quote}`);
+  return `${quote}${body}${quote}`;
+}
