@@ -452,3 +452,79 @@ def test_the_commands_the_docs_show_are_the_ones_this_module_runs() -> None:
     assert run[:3] == ["archipel", "run", SHOP[0]] and sorted(run[3:]) == sorted(SHOP_OPTIONS)
     assert status == ["archipel", "status", "--json"]  # as _dashboard_of runs it
     assert (ROOT / "docs" / "img" / "dashboard.png").stat().st_size > 10_000
+
+
+# -- a service in another language --------------------------------------------------------
+
+NODE_SHIPPING = ROOT / "examples" / "boutique" / "shipping-node"
+
+
+@pytest.fixture
+def node_shop(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`archipel run` of the shop with shipping run by Node.js (``[external.shipping]``): the
+    dashboard's URL and the status, once every process is ready."""
+    node = shutil.which("node")
+    assert node and (NODE_SHIPPING / "node_modules").is_dir(), "run scripts/setup.sh (Node.js, npm ci)"
+    (tmp_path / "archipel.toml").write_text(
+        f'app = "{ROOT / SHOP[0]}"\nmode = "microservices"\nbroker = "embedded"\nport = 0\n'
+        f'[external.shipping]\ncommand = ["{node}", "src/main.js"]\ncwd = "{NODE_SHIPPING}"\n'
+    )
+    state = tmp_path / "state"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "archipel", "run", "--quiet", "--state-dir", str(state),
+         "--data-dir", str(state / "data")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url, status = _dashboard_of(state, runner)
+        (shipping,) = [p for p in status["processes"] if p["name"] == "shipping"]
+        assert Path(f"/proc/{shipping['pid']}/exe").resolve().name.startswith("node")
+        yield url, status
+    finally:
+        output = _stop(runner)
+    assert runner.returncode == 0, output
+
+
+@pytest.mark.timeout(120)
+async def test_a_service_in_another_language_is_in_the_catalog_callable_and_traced(
+    node_shop: tuple[str, dict[str, Any]],
+) -> None:
+    """The catalog shows the Node.js shipping's methods and events from the app's declarations (it
+    serves no documents), a call from the catalog reaches it, and the call's trace holds the span
+    the Node.js process recorded."""
+    url, _ = node_shop
+    async with aiohttp.ClientSession() as web:
+        async with web.get(url + "api/catalog") as response:
+            catalog = {s["name"]: s for s in (await response.json())["services"]}
+        assert catalog["shipping"]["documents"] == "declared"
+        assert catalog["checkout"]["documents"] == "served"
+        methods = {m["name"]: m for m in catalog["shipping"]["methods"]}
+        assert set(methods) == {"get_quote", "ship_order"}
+        assert {"address", "items"} <= set(methods["get_quote"]["request"]["properties"])
+        channels = {(e["action"], e["channel"]) for e in catalog["shipping"]["events"]}
+        assert {("receive", "boutique/orders/placed"), ("send", "boutique/orders/shipped")} <= channels
+
+        address = {
+            "street_address": "1 Quai",
+            "city": "Lyon",
+            "state": "",
+            "country": "FR",
+            "zip_code": "69002",
+        }
+        body = {"address": address, "items": [{"product_id": "camp-mug", "quantity": 2}]}
+        call = {"service": "shipping", "method": "get_quote", "body": body}
+        async with web.post(url + "api/call", json=call) as response:
+            answer = await response.json()
+        assert answer["status"] == 200 and answer["answer"]["currency_code"] == "USD", answer
+
+        async def trace() -> dict[str, Any]:
+            async with web.get(url + f"api/traces/{answer['trace_id']}") as response:
+                return dict(await response.json()) if response.status == 200 else {}
+
+        found = await _until(trace, lambda t: bool(t.get("span_list")), 10)
+        (span,) = found["span_list"]
+        assert (span["name"], span["kind"], span["process"]) == (
+            "shipping.get_quote",
+            "server",
+            "shipping",
+        )

@@ -1,6 +1,7 @@
 """The service catalog and API explorer: each service's methods (from ``/openapi.json`` of the
 process hosting it) and events (from ``/asyncapi.json``), and calls of any method signed with the
-operator's credential, as ``archipel call`` signs them."""
+operator's credential, as ``archipel call`` signs them. A process that serves no documents (a
+service written in another language) is shown with what the app declares for its services."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+from .._events.asyncapi import asyncapi_document
+from .._rpc.openapi import openapi_document
 
 if TYPE_CHECKING:
     from .collect import Collector
@@ -64,24 +68,50 @@ async def _document(collector: Collector, url: str, path: str) -> dict[str, Any]
     return {}
 
 
+def _declared(collector: Collector, services: list[str], path: str) -> dict[str, Any]:
+    """The document the app itself gives for ``services``: what a Python process would serve."""
+    supervisor = collector.supervisor
+    if path == "/openapi.json":
+        return openapi_document(supervisor.app.name, [supervisor.app.specs[name] for name in services])
+    return asyncapi_document(
+        supervisor.app, services, root=supervisor.deployment, broker=supervisor.broker_url
+    )
+
+
+Source = tuple[dict[str, Any], str]  # a document, and whether the process served it or the app declares it
+
+
+async def _process_document(
+    collector: Collector, process: str, url: str, services: list[str], path: str
+) -> Source:
+    """The process's document; the app's for a foreign process (``[external]``) that serves none."""
+    served = await _document(collector, url, path)
+    foreign = any(p.foreign for p in collector.supervisor.plan.processes if p.name == process)
+    if served or not foreign:
+        return served, "served"
+    return _declared(collector, services, path), "declared"
+
+
 async def catalog(collector: Collector) -> list[dict[str, Any]]:
-    """Every service with its methods and events, read from one replica of each process."""
-    first: dict[str, str] = {}
+    """Every service with its methods and events, read from one replica of each process; from
+    the app's own declarations for a process that serves no documents (another language's)."""
+    first: dict[str, tuple[str, list[str]]] = {}  # process -> one replica's URL, its services
     for child in collector.supervisor.children:
         if child.running and not child.retired:
-            first.setdefault(child.name, child.url)
+            first.setdefault(child.name, (child.url, list(child.services)))
     documents = await asyncio.gather(
         *(
             asyncio.gather(
-                _document(collector, url, "/openapi.json"), _document(collector, url, "/asyncapi.json")
+                _process_document(collector, name, url, services, "/openapi.json"),
+                _process_document(collector, name, url, services, "/asyncapi.json"),
             )
-            for url in first.values()
+            for name, (url, services) in first.items()
         )
     )
-    by_process = dict(zip(first, documents, strict=True))
     services = []
-    for child_name, (openapi, asyncapi) in by_process.items():
-        process_services = next(c.services for c in collector.supervisor.children if c.name == child_name)
+    for (child_name, (_, process_services)), ((openapi, origin), (asyncapi, _)) in zip(
+        first.items(), documents, strict=True
+    ):
         for service in process_services:
             methods = []
             for path, item in sorted(openapi.get("paths", {}).items()):
@@ -111,7 +141,15 @@ async def catalog(collector: Collector) -> list[dict[str, Any]]:
                 for op in asyncapi.get("operations", {}).values()
                 if isinstance(op, dict) and op.get("x-archipel-service") == service
             ]
-            services.append({"name": service, "process": child_name, "methods": methods, "events": events})
+            services.append(
+                {
+                    "name": service,
+                    "process": child_name,
+                    "methods": methods,
+                    "events": events,
+                    "documents": origin,  # "served" by the process, or "declared" by the app
+                }
+            )
     return sorted(services, key=lambda s: s["name"])
 
 

@@ -253,6 +253,7 @@ async function loadCatalog() {
   box.dataset.loaded = "yes";
   box.replaceChildren(...data.services.map((s) => el("details", { class: "service", "data-service": s.name },
     el("summary", { text: `${s.name} (${s.process}) · ${s.methods.length} methods · ${s.events.length} event operations` }),
+    s.documents === "declared" ? el("p", { class: "muted declared", text: "as the app declares it: this process serves no /openapi.json (another language)" }) : null,
     ...s.methods.map((m) => methodForm(s.name, m)),
     s.events.length ? el("ul", { class: "events" }, ...s.events.map((e) => el("li", { text: `${e.action} ${e.channel}: ${e.summary}` }))) : null)));
 }
