@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from archipel._deploy.supervisor import free_port
@@ -31,6 +30,7 @@ from boutique.app import app as shop_app  # noqa: E402
 
 from tests.boutique.buyer import checkout_form  # noqa: E402
 from tests.boutique.test_boutique_e2e import node_shipping  # noqa: E402
+from tests.otlp import Collector, otlp_collector  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -180,41 +180,10 @@ async def test_open_endpoints_opens_traces() -> None:
 # --- One worker of the diary app, as a deployer starts it ---------------------------------------
 
 
-class Collector:
-    """An OTLP/HTTP endpoint on 127.0.0.1 that keeps what it is sent."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, bytes]] = []  # (path, content type, body)
-        self.arrived = asyncio.Event()
-
-    async def receive(self, request: web.Request) -> web.Response:
-        self.requests.append((request.path, request.content_type, await request.read()))
-        self.arrived.set()
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    def span_names(self) -> set[str]:
-        names = set()
-        for _, _, body in self.requests:
-            message = ExportTraceServiceRequest.FromString(body)
-            for resource in message.resource_spans:
-                for scope in resource.scope_spans:
-                    names.update(span.name for span in scope.spans)
-        return names
-
-
 @pytest.fixture
 async def collector() -> AsyncIterator[tuple[Collector, str]]:
-    kept = Collector()
-    application = web.Application()
-    application.router.add_post("/v1/traces", kept.receive)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield kept, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with otlp_collector() as kept:
+        yield kept
 
 
 def diary_worker(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
@@ -271,10 +240,7 @@ async def test_spans_are_exported_by_otlp_when_the_endpoint_is_set(
     async with httpx.AsyncClient(timeout=10) as http:
         await ready(http, url, process)
         assert (await http.post(f"{url}/diary/note", json={"text": "hello"})).json() == "hello"
-        async with asyncio.timeout(20):
-            while "diary.note" not in kept.span_names():
-                await kept.arrived.wait()
-                kept.arrived.clear()
+        await kept.wait_for("diary.note")
     assert {path for path, _, _ in kept.requests} == {"/v1/traces"}
     assert {kind for _, kind, _ in kept.requests} == {"application/x-protobuf"}
     message = ExportTraceServiceRequest.FromString(kept.requests[-1][2])

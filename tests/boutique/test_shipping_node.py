@@ -56,6 +56,7 @@ from archipel._security.keyring import (
 )
 from archipel._security.secrets import mqtt_password
 from archipel._security.tokens import Signer, sign
+from tests.otlp import otlp_collector
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "examples" / "boutique" / "shipping-node"
@@ -932,3 +933,98 @@ def test_hostile_clients_meet_the_limits_of_the_python_worker(
             answer, seconds = big[name].result()
             assert answer.startswith(b"HTTP/1.1 431"), (name, answer[:200])
             assert seconds < 2.0, (name, seconds)
+
+
+# --- (e) traces to an OpenTelemetry collector -----------------------------------------------------
+
+IMPLEMENTATIONS = {
+    "node": [str(NODE), str(PACKAGE / "src" / "main.js")],
+    "python": [sys.executable, "-m", "archipel.worker"],
+}
+
+
+def otel_env(deployment: str, port: int, data: Path, **otel: str) -> dict[str, str]:
+    env = base_env(deployment, port, keyring_for(app, deployment, "shipping", ["shipping"], [SECRET]))
+    # Started by the test alone: no supervisor to follow (a Python worker would stop at stdin's EOF).
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_") and k != "ARCHIPEL_SUPERVISOR_PID"}
+    env.update(ARCHIPEL_DATA_DIR=str(data), **otel)
+    return env
+
+
+def _value(value: Any) -> object:
+    return getattr(value, value.WhichOneof("value"))
+
+
+@pytest.mark.timeout(120)
+async def test_spans_go_to_an_otlp_collector_as_the_python_workers_send_them(
+    deployment: str, tmp_path: Path
+) -> None:
+    parent_trace, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with otlp_collector() as (kept, endpoint):
+        started: dict[str, Service] = {}
+        try:
+            for name, command in IMPLEMENTATIONS.items():
+                port = free_port()
+                env = otel_env(
+                    deployment, port, tmp_path / name, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+                    OTEL_BSP_SCHEDULE_DELAY="50", OTEL_RESOURCE_ATTRIBUTES=f"implementation={name}",
+                )  # fmt: skip
+                started[name] = await asyncio.to_thread(start, command, env, tmp_path / f"{name}.log", port)
+            headers = {**headers_of(deployment), "traceparent": f"00-{parent_trace}-{parent_span}-01"}
+            body = {"address": msgspec.to_builtins(PARIS), "items": [{"product_id": "a", "quantity": 1}]}
+            async with httpx.AsyncClient(timeout=10) as http:
+                for service in started.values():
+                    answer = await http.post(f"{service.url}/shipping/get_quote", json=body, headers=headers)
+                    assert answer.status_code == 200, answer.text
+
+            def exported() -> dict[str, tuple[dict[str, str], Any]]:
+                return {
+                    resource["implementation"]: (resource, span)
+                    for resource, span in kept.spans()
+                    if span.name == "shipping.get_quote" and "implementation" in resource
+                }
+
+            async with asyncio.timeout(20):
+                while set(exported()) != set(IMPLEMENTATIONS):
+                    await kept.arrived.wait()
+                    kept.arrived.clear()
+        finally:
+            for service in started.values():
+                await asyncio.to_thread(stop, service)
+    assert {kind for _, kind, _ in kept.requests} == {"application/x-protobuf"}
+    seen = {}
+    for name, (resource, span) in exported().items():
+        assert (span.trace_id.hex(), span.parent_span_id.hex()) == (parent_trace, parent_span), name
+        ours = {key: resource[key] for key in ("service.name", "service.namespace", "archipel.process")}
+        assert ours == {
+            "service.name": f"{deployment}.shipping",
+            "service.namespace": deployment,
+            "archipel.process": "shipping",
+        }, name
+        seen[name] = (
+            span.kind,
+            span.status.code,
+            {a.key: _value(a.value) for a in span.attributes},
+            resource["service.instance.id"],
+        )
+    assert seen["node"] == seen["python"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("otel", "named"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER='zipkin': unknown zipkin"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL='grpc': archipel exports spans over http/protobuf only",
+        ),
+    ],
+)
+def test_a_bad_otel_variable_stops_both_naming_it(
+    deployment: str, tmp_path: Path, otel: dict[str, str], named: str
+) -> None:
+    for name, command in IMPLEMENTATIONS.items():
+        env = otel_env(deployment, free_port(), tmp_path / name, **otel)
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0 and named in done.stdout + done.stderr, (name, done.stdout, done.stderr)

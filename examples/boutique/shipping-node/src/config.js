@@ -4,6 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 
+import { batchOptions, exporterNames } from './export.js';
+
 export const APP = 'boutique'; // the app's name: events' `source` is /boutique/shipping
 export const SERVICE = 'shipping';
 const DEFAULT_MAX_BODY = 1 << 20;
@@ -105,6 +107,15 @@ function keyring(text) {
   };
 }
 
+/** The OTEL_* exporters asked for and their batching, or a ConfigError naming the variable. @param {Record<string, string | undefined>} env */
+function exporters(env) {
+  try {
+    return { names: exporterNames(env), batch: batchOptions(env) };
+  } catch (error) {
+    throw new ConfigError(/** @type {Error} */ (error).message);
+  }
+}
+
 /**
  * The configuration `env` describes.
  * @param {Record<string, string | undefined>} env
@@ -150,8 +161,8 @@ export function loadConfig(env) {
     openEndpoints: read('ARCHIPEL_OPEN_ENDPOINTS', endpoints, /** @type {string[]} */ ([])),
     // As a Python worker: OTEL_SDK_DISABLED=true records no span and /traces answers an empty list.
     tracingDisabled: (env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true',
-    /** An OTLP endpoint asked for, which this process does not export to (it logs so). */
-    otlpEndpoint: env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim() || env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim() || '',
+    /** Where spans are exported besides /traces (export.js): `otlp`, `console` or none, and the batching. */
+    exporters: exporters(env),
     /** @type {Keyring | null} */
     keyring: null,
   };

@@ -8,6 +8,7 @@ import { startEvents } from './events.js';
 import { log } from './log.js';
 import { createMetrics } from './metrics.js';
 import { rpcServer } from './rpc.js';
+import { spanProcessors } from './export.js';
 import { Tracer } from './spans.js';
 import { Verifier } from './tokens.js';
 
@@ -32,10 +33,10 @@ async function main() {
     service: SERVICE,
     handler: 'ship_placed_order',
   });
-  const tracer = new Tracer({ process: config.process, enabled: !config.tracingDisabled });
-  if (config.otlpEndpoint && !config.tracingDisabled) {
-    log('WARNING', `spans are kept for GET /traces only: this process exports none to ${config.otlpEndpoint}`);
-  }
+  const who = { deployment: config.deployment, process: config.process, instance: config.instance };
+  const names = config.tracingDisabled ? [] : config.exporters.names;
+  const exported = await spanProcessors(names, who, config.exporters.batch);
+  const tracer = new Tracer({ process: config.process, enabled: !config.tracingDisabled, ...exported });
 
   let events = null;
   if (config.broker !== null) {
@@ -87,6 +88,7 @@ async function main() {
       if (leave) await events.leave();
       await events.stop(config.drain);
     }
+    await tracer.shutdown(config.drain); // the spans still batched, to the collector
     log('INFO', 'stopped');
     process.exit(0);
   };

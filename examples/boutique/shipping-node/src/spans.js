@@ -2,11 +2,12 @@
  * Spans of this process, as archipel's workers record them (archipel/_telemetry/spans.py): one per
  * RPC served, per event handled and per event published, under the `traceparent` the call or the
  * event carried, kept in a ring of the last 2,000 and served as `GET /traces` in the same JSON, so
- * the dashboard's trace view shows this hop like any other. Nothing is exported (no OTLP here).
+ * the dashboard's trace view shows this hop like any other; and to OTLP when configured (export.js).
  */
 import { randomBytes } from 'node:crypto';
 
 import { errorBody } from './errors.js';
+import { readable } from './export.js';
 
 export const RING_SIZE = 2000; // finished spans kept, as a Python worker keeps
 export const DEFAULT_LIMIT = 500; // spans /traces answers with unless ?limit= says otherwise
@@ -88,11 +89,17 @@ export class Span {
 }
 
 export class Tracer {
-  /** @param {{process: string, enabled?: boolean, size?: number}} options */
-  constructor({ process, enabled = true, size = RING_SIZE }) {
+  /**
+   * @param {{process: string, enabled?: boolean, size?: number,
+   *   processors?: import('@opentelemetry/sdk-trace').SpanProcessor[], resource?: any}} options
+   *   processors: the SDK's span processors that export (export.js), each finished span handed over
+   */
+  constructor({ process, enabled = true, size = RING_SIZE, processors = [], resource = null }) {
     this.process = process;
     this.enabled = enabled;
     this.size = size;
+    this.processors = processors;
+    this.resource = resource;
     /** @type {Span[]} oldest first */
     this.ring = [];
   }
@@ -115,6 +122,19 @@ export class Tracer {
   finish(span) {
     this.ring.push(span);
     if (this.ring.length > this.size) this.ring.splice(0, this.ring.length - this.size);
+    if (this.processors.length > 0) {
+      const exported = readable(span, this.resource);
+      for (const processor of this.processors) processor.onEnd(/** @type {any} */ (exported));
+    }
+  }
+
+  /** Send what the exporters still hold (at the process's stop), within `seconds`. @param {number} seconds */
+  async shutdown(seconds) {
+    if (this.processors.length === 0) return;
+    let timer;
+    const late = new Promise((resolve) => { timer = setTimeout(resolve, seconds * 1000); });
+    await Promise.race([Promise.allSettled(this.processors.map((p) => p.shutdown())), late]);
+    clearTimeout(timer);
   }
 
   /**

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { batchOptions, exporterNames, readable } from '../src/export.js';
 import { Tracer, parseTraceparent } from '../src/spans.js';
 
 const PARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
@@ -52,4 +53,35 @@ test('start_ns and end_ns are exact integers of nanoseconds, not rounded floats'
   assert.equal(written[1], String(span.startNs));
   assert.equal(written[2], String(span.endNs));
   assert.ok(written[1].length >= 19, written[1]);
+});
+
+test('the OTEL_* variables are read as a Python worker reads them, a bad one named', () => {
+  assert.deepEqual(exporterNames({}), []);
+  assert.deepEqual(exporterNames({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' }), ['otlp']);
+  assert.deepEqual(exporterNames({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c', OTEL_TRACES_EXPORTER: 'none' }), []);
+  assert.deepEqual(exporterNames({ OTEL_TRACES_EXPORTER: 'console, otlp' }), ['console', 'otlp']);
+  assert.throws(() => exporterNames({ OTEL_TRACES_EXPORTER: 'zipkin,jaeger' }), {
+    message: "OTEL_TRACES_EXPORTER='zipkin,jaeger': unknown jaeger, zipkin; use otlp, console or none",
+  });
+  assert.throws(() => exporterNames({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c', OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc' }), {
+    message: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='grpc': archipel exports spans over http/protobuf only",
+  });
+  assert.deepEqual(batchOptions({ OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_BSP_MAX_QUEUE_SIZE: ' 10 ' }), {
+    scheduledDelayMillis: 50,
+    maxQueueSize: 10,
+  });
+  assert.throws(() => batchOptions({ OTEL_BSP_EXPORT_TIMEOUT: '1s' }), { message: "OTEL_BSP_EXPORT_TIMEOUT='1s': expected a whole number" });
+});
+
+test('an exported span carries its ids, parent, times, kind and status as the SDK reads them', () => {
+  const tracer = new Tracer({ process: 'shipping' });
+  const span = tracer.start('shipping.get_quote', 'server', PARENT, { 'rpc.method': 'get_quote' });
+  assert.ok(span !== null);
+  span.fail('invalid_argument', 'bad address');
+  const out = readable(span, null);
+  assert.deepEqual(out.spanContext(), { traceId: span.traceId, spanId: span.spanId, traceFlags: 1 });
+  assert.deepEqual(out.parentSpanContext, { traceId: span.traceId, spanId: '00f067aa0ba902b7', traceFlags: 1, isRemote: true });
+  assert.equal(out.kind, 1); // SpanKind.SERVER
+  assert.deepEqual(out.status, { code: 2, message: 'bad address' }); // SpanStatusCode.ERROR
+  assert.equal(BigInt(out.startTime[0]) * 1_000_000_000n + BigInt(out.startTime[1]), span.startNs);
 });
