@@ -1028,3 +1028,32 @@ def test_a_bad_otel_variable_stops_both_naming_it(
         env = otel_env(deployment, free_port(), tmp_path / name, **otel)
         done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert done.returncode != 0 and named in done.stdout + done.stderr, (name, done.stdout, done.stderr)
+
+
+@pytest.mark.timeout(90)
+def test_a_collector_that_is_down_costs_no_call_and_is_reported_once(deployment: str, tmp_path: Path) -> None:
+    port = free_port()
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = otel_env(
+        deployment, port, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=nowhere, OTEL_BSP_SCHEDULE_DELAY="50"
+    )
+    service = start(IMPLEMENTATIONS["node"], env, tmp_path / "node.log", port)
+    try:
+        body = {"address": msgspec.to_builtins(PARIS), "items": [{"product_id": "a", "quantity": 1}]}
+        with httpx.Client(timeout=10) as http:
+            for _ in range(200):  # several batches, each failing to leave
+                answer = http.post(
+                    f"{service.url}/shipping/get_quote", json=body, headers=headers_of(deployment)
+                )
+                assert answer.status_code == 200, answer.text
+            # The exporter tries again for a while before it gives a batch up: then the log says so.
+            wait_until(
+                lambda: "OpenTelemetry: Error: connect ECONNREFUSED" in service.output(), 40, "reported"
+            )
+            assert service.process.poll() is None
+            answer = http.post(f"{service.url}/shipping/get_quote", json=body, headers=headers_of(deployment))
+            assert answer.status_code == 200
+    finally:
+        stop(service)
+    assert service.process.returncode == 0, service.output()
+    assert service.output().count("OpenTelemetry:") == 1, service.output()  # not a line a batch

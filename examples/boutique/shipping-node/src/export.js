@@ -11,7 +11,9 @@
  * - headers and timeout: read by the SDK's exporter; `OTEL_BSP_*`: read here (this SDK's batch
  *   processor takes them as options only).
  */
-import { SpanKind, SpanStatusCode, TraceFlags } from '@opentelemetry/api';
+import { DiagLogLevel, SpanKind, SpanStatusCode, TraceFlags, diag } from '@opentelemetry/api';
+
+import { log } from './log.js';
 
 export const EXPORTER_VAR = 'OTEL_TRACES_EXPORTER';
 const ENDPOINT_VARS = ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'];
@@ -83,6 +85,7 @@ export function batchOptions(env) {
  */
 export async function spanProcessors(names, { deployment, process, instance }, batch = {}) {
   if (names.length === 0) return { processors: [], resource: null };
+  reportSdkProblems();
   const { BatchSpanProcessor, ConsoleSpanExporter } = await import('@opentelemetry/sdk-trace');
   const { detectResources, envDetector, resourceFromAttributes } = await import('@opentelemetry/resources');
   const ours = resourceFromAttributes({
@@ -104,6 +107,48 @@ export async function spanProcessors(names, { deployment, process, instance }, b
     }
   }
   return { processors, resource };
+}
+
+export const REPORT_EVERY = 60; // seconds between two log lines of the SDK's complaints
+
+/**
+ * The SDK's errors and warnings (an export that failed: a collector down or unreachable) in this
+ * process's log, the first at once, then at most one line a minute saying how many were left out:
+ * a collector that is down must be seen, not flood the log with a line a batch.
+ * @param {(level: string, message: string) => void} write @param {() => number} [now] milliseconds
+ */
+export function reportSdkProblems(write = log, now = Date.now) {
+  let last = -Infinity;
+  let left = 0;
+  /** @param {string} level */
+  const report = (level) => (/** @type {string} */ message, /** @type {unknown[]} */ ...args) => {
+    if (now() - last < REPORT_EVERY * 1000) {
+      left += 1;
+      return;
+    }
+    const more = left > 0 ? ` (and ${left} more in the last ${REPORT_EVERY} s)` : '';
+    write(level, `OpenTelemetry: ${[message, ...args].map(readableProblem).join(' ')}${more}`);
+    last = now();
+    left = 0;
+  };
+  const quiet = () => {};
+  diag.setLogger(
+    { error: report('ERROR'), warn: report('WARNING'), info: quiet, debug: quiet, verbose: quiet },
+    { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },
+  );
+}
+
+/** The SDK hands an exception over as its JSON (stack and all): its name and message say enough. @param {unknown} problem */
+function readableProblem(problem) {
+  if (typeof problem === 'string' && problem.startsWith('{')) {
+    try {
+      const parsed = JSON.parse(problem);
+      if (typeof parsed?.message === 'string') return `${parsed.name ?? 'Error'}: ${parsed.message}`;
+    } catch {
+      // not JSON after all: shown as it is
+    }
+  }
+  return String(problem);
 }
 
 /** Nanoseconds as the SDK's HrTime. @param {bigint} ns @returns {[number, number]} */

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { batchOptions, exporterNames, readable } from '../src/export.js';
+import { diag } from '@opentelemetry/api';
+
+import { batchOptions, exporterNames, readable, reportSdkProblems } from '../src/export.js';
 import { Tracer, parseTraceparent } from '../src/spans.js';
 
 const PARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
@@ -84,4 +86,23 @@ test('an exported span carries its ids, parent, times, kind and status as the SD
   assert.equal(out.kind, 1); // SpanKind.SERVER
   assert.deepEqual(out.status, { code: 2, message: 'bad address' }); // SpanStatusCode.ERROR
   assert.equal(BigInt(out.startTime[0]) * 1_000_000_000n + BigInt(out.startTime[1]), span.startNs);
+});
+
+test("the SDK's complaints reach the log: the first at once, then one line a minute with the count", () => {
+  /** @type {[string, string][]} */
+  const lines = [];
+  let now = 1_000_000;
+  reportSdkProblems((level, message) => lines.push([level, message]), () => now);
+  const failed = JSON.stringify({ stack: 'Error: connect ECONNREFUSED\n at x', message: 'connect ECONNREFUSED 127.0.0.1:9', name: 'Error' });
+  diag.error(failed);
+  diag.error(failed);
+  diag.warn('queue full');
+  diag.info('not shown');
+  now += 61_000;
+  diag.error(failed);
+  assert.deepEqual(lines, [
+    ['ERROR', 'OpenTelemetry: Error: connect ECONNREFUSED 127.0.0.1:9'],
+    ['ERROR', 'OpenTelemetry: Error: connect ECONNREFUSED 127.0.0.1:9 (and 2 more in the last 60 s)'],
+  ]);
+  diag.disable();
 });
