@@ -21,6 +21,7 @@ from boutique.checkout import Checkout, new_order_id
 from boutique.email import Email
 from boutique.payment import Payment
 from boutique.types import CartItem, Money, Order, OrderPlaced, SentMail, Transaction
+from prometheus_client.parser import text_string_to_metric_families
 
 from archipel import Conflict
 from archipel.testing import RunningApp, Topology, run_app
@@ -66,6 +67,18 @@ async def order_settled(shop: RunningApp, order_id: str, user: str) -> Order:
     await eventually(lambda: email.list_sent(order_id=order_id), lambda mails: len(mails) == 2)
     await eventually(lambda: cart.get_cart(user), lambda c: c.items == [])
     return order
+
+
+async def handled(shop: RunningApp, service: str, handler: str) -> float:
+    """How many events ``service``'s ``handler`` has handled, from its process's /metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{shop.url_of(service)}/metrics", headers=shop.auth_headers(service))).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            wanted = {"service": service, "handler": handler, "outcome": "ok"}
+            if sample.name == "archipel_events_handled_total" and wanted.items() <= sample.labels.items():
+                return sample.value
+    return 0.0
 
 
 async def charges_for(shop: RunningApp, key: str) -> list[Transaction]:
@@ -117,6 +130,33 @@ async def test_state_survives_killing_each_stateful_process(tmp_path: Path) -> N
         assert second.items[0].quantity == 3
         await order_settled(shop, second.order_id, keeper)
         assert len(await payment.list_transactions()) == 2
+
+
+async def test_the_basket_is_right_at_once_when_orderplaced_is_held_up(tmp_path: Path) -> None:
+    """The broker frozen (SIGSTOP) while a buyer orders: OrderPlaced waits in checkout's outbox,
+    yet the basket is empty as the confirmation shows (the storefront takes the order's lines out
+    by a call), a product added meanwhile stays once the late event is handled, and the next
+    checkout is charged for that product only."""
+    buyer = new_user("buyer")
+    async with run_app(app, "microservices", data_dir=tmp_path) as shop, storefront(shop, buyer) as web:
+        supervisor = shop._supervisor
+        assert supervisor is not None and supervisor.broker is not None and supervisor.broker.pid
+        broker = supervisor.broker.pid
+        await web.post("/basket/add", data={"product_id": "camp-mug", "quantity": "2"})
+        form = await checkout_form(web)
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            order_id = await submit(web, form)
+            assert "Your basket is empty" in (await web.get("/basket")).text
+            await web.post("/basket/add", data={"product_id": "camp-mug", "quantity": "1"})
+            assert (await shop.client(Checkout).get_order(order_id)).items[0].quantity == 2
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        # Once cart has handled the late OrderPlaced, the mug added meanwhile is still there.
+        await eventually(lambda: handled(shop, "cart", "empty_after_order"), lambda count: count >= 1)
+        assert (await shop.client(Cart).get_cart(buyer)).items == [CartItem("camp-mug", 1)]
+        second = await submit(web, await checkout_form(web))
+        assert [i.quantity for i in (await shop.client(Checkout).get_order(second)).items] == [1]
 
 
 async def test_an_order_placed_while_email_is_down_is_mailed_after_its_restart(

@@ -373,3 +373,16 @@ async def test_email_sends_each_mail_once(stores: Stores) -> None:
     assert await email.list_sent(to="other@example.com") == []
     assert len(await email.list_sent(to="a@example.com", limit=2)) == 2
     assert len(await email.list_sent(limit=1)) == 1
+
+
+async def test_remove_ordered_takes_an_order_out_once_and_checks_its_arguments(cart: Cart) -> None:
+    await cart.add_item("u1", "camp-mug", 3)
+    order_id = "0123456789abcdef"
+    await cart.remove_ordered("u1", order_id, [CartItem("camp-mug", 2)])
+    await cart.remove_ordered("u1", order_id, [CartItem("camp-mug", 2)])  # again: nothing more
+    await cart.empty_after_order(placed_order(order_id, "u1"))  # its event, late: nothing more
+    assert await _lines(cart, "u1") == {"camp-mug": 1}
+    with pytest.raises(InvalidArgument, match="order_id must be 16 lower-case hex digits"):
+        await cart.remove_ordered("u1", "not-an-order", [])
+    with pytest.raises(InvalidArgument, match="product_id"):
+        await cart.remove_ordered("u1", order_id, [CartItem("", 1)])

@@ -19,10 +19,13 @@ from .types import (
     MAX_QUANTITY,
     CartContents,
     CartItem,
+    OrderId,
+    OrderItem,
     OrderPlaced,
     ProductId,
     RequestedQuantity,
     UserId,
+    check_order_id,
 )
 
 MAX_USER_ID = MAX_ID
@@ -239,14 +242,30 @@ class Cart(Service):
         check_user_id(user_id)
         await self.store.clear(user_id)
 
+    @rpc(idempotent=True, timeout=1.0)  # the buyer's confirmation waits on it: not for long
+    async def remove_ordered(self, user_id: UserId, order_id: OrderId, items: list[CartItem]) -> None:
+        """Take what order ``order_id`` bought out of the cart, once per order. The storefront
+        calls it as it confirms the order, so the buyer's next page (and next checkout) no longer
+        holds it; the OrderPlaced handler does the same, and makes it certain."""
+        check_user_id(user_id)
+        check_order_id(order_id)
+        for item in items:
+            check_product_id(item.product_id)
+        await self.store.remove_ordered(user_id, order_id, _quantities(items))
+
     @on(OrderPlaced)
     async def empty_after_order(self, event: OrderPlaced) -> None:
         # Only what the order bought leaves the cart: the event can land after the buyer has
         # added more (a busy or restarting consumer, a redelivery), and those lines must stay.
         # The inbox already skips a redelivery of this event (same event id). The per-order mark
         # is for the same order announced under another event id (one form submitted to two
-        # checkout replicas at once: each emits one), so the order id, not the event id, decides.
-        ordered: dict[str, int] = {}
-        for item in event.items:
-            ordered[item.product_id] = ordered.get(item.product_id, 0) + item.quantity
-        await self.store.remove_ordered(event.user_id, event.order_id, ordered)
+        # checkout replicas at once: each emits one), or already taken out by remove_ordered.
+        await self.store.remove_ordered(event.user_id, event.order_id, _quantities(event.items))
+
+
+def _quantities(lines: list[CartItem] | list[OrderItem]) -> dict[str, int]:
+    """Product id -> quantity, lines of one product added up."""
+    ordered: dict[str, int] = {}
+    for line in lines:
+        ordered[line.product_id] = ordered.get(line.product_id, 0) + line.quantity
+    return ordered

@@ -7,6 +7,7 @@ service's RPC endpoints), hence ``/basket``, ``/order`` and ``/setcurrency``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -282,6 +283,12 @@ class Frontend(Service):
             return await self.basket(request, error=exc.message, status=402, form=values)
         except (InvalidArgument, Conflict) as exc:
             return await self.basket(request, error=exc.message, status=exc.status, form=values)
+        # What was bought leaves the basket before the confirmation shows, so the buyer's next
+        # page and next checkout no longer hold it. Cart's OrderPlaced handler does the same
+        # (once per order) and makes it certain when this call fails: the order stands anyway.
+        bought = [CartItem(item.product_id, item.quantity) for item in order.items]
+        with contextlib.suppress(ArchipelError):
+            await self.cart.remove_ordered(order.user_id, order.order_id, bought)
         return await self._page(request, "order.html", order=order, confirmation=True, basket_count=0)
 
     # --- helpers -----------------------------------------------------------------------------

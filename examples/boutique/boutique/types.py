@@ -23,11 +23,12 @@ final newline).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from msgspec import Meta
 
-from archipel import Event, Struct
+from archipel import Event, InvalidArgument, Struct
 
 MAX_QUANTITY = 100  # of one product in a cart, and so in an order
 MAX_ID = 128  # user ids, idempotency keys
@@ -46,6 +47,14 @@ MAX_EMAIL = 254
 ORDER_ID_PATTERN = r"^[0-9a-f]{16}$"
 CARD_NUMBER_PATTERN = r"^[ -]*(?:[0-9][ -]*){12,19}$"  # 12 to 19 digits, spaces and dashes between
 CVV_PATTERN = r"^[0-9]{3,4}$"
+_ORDER_ID = re.compile(ORDER_ID_PATTERN)
+
+
+def check_order_id(order_id: str) -> str:
+    """An order id as checkout makes them (``new_order_id``), or InvalidArgument."""
+    if not _ORDER_ID.fullmatch(order_id):
+        raise InvalidArgument(f"order_id must be 16 lower-case hex digits, got {order_id[:40]!r}")
+    return order_id
 
 
 def _stated(**schema: Any) -> Meta:
