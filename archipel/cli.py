@@ -263,8 +263,10 @@ def _print_status(data: dict[str, Any]) -> None:
             (process.get("version") or "-")[:7],
             process["url"].split("://", 1)[-1],
         )
-    for service, urls in (data.get("external") or {}).items():  # started elsewhere: not watched here
-        table.add_row(f"{service} (external)", "-", "-", "-", "-", "-", "-", ", ".join(urls))
+    looked_at = data.get("external_health") or {}
+    for service, urls in (data.get("external") or {}).items():  # started elsewhere: only looked at
+        states = ", ".join(looked_at.get(url, "unknown") for url in urls)
+        table.add_row(f"{service} (external)", "-", states, "-", "-", "-", "-", ", ".join(urls))
     console.print(table)
     if data.get("dashboard"):
         console.print(f"dashboard: {data['dashboard']}")

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,6 +173,13 @@ async def test_a_service_reached_by_url_is_called_once_it_is_there(tmp_path: Pat
     topology = Topology("microservices", "embedded", external={"names": External(url=(url,))})
     async with run_app(str(HELLO), topology, env=env) as hello:
         assert hello.url_of("names") == url
+        supervisor = hello._supervisor
+        assert supervisor is not None
+
+        async def looked_at() -> object:  # what `archipel status` shows of the address
+            return supervisor.status()["external_health"]
+
+        await eventually(looked_at, {url: "down"})
         async with httpx.AsyncClient(base_url=hello.url_of("greeter"), timeout=10) as web:
             down = await web.post("/greeter/greet", json={"name": "ada"})
             assert down.status_code == 503 and "names" in down.text  # not started yet: said so
@@ -186,6 +194,8 @@ async def test_a_service_reached_by_url_is_called_once_it_is_there(tmp_path: Pat
             with started_by_hand(hello, "names", port, keyring):
                 answer = await eventually(lambda: greet(web, "  grace  hopper "), "Hello, Grace Hopper!")
                 assert answer == "Hello, Grace Hopper!"
+                await eventually(looked_at, {url: "ready"})
+            await eventually(looked_at, {url: "down"})  # stopped: seen within a probe interval
 
 
 async def test_the_keyring_command_names_what_is_wrong(tmp_path: Path) -> None:
@@ -279,8 +289,15 @@ def test_archipel_run_starts_the_command_shows_both_kinds_and_calls_them(tmp_pat
         status = wait_for_status(state, runner)
         assert status["external"] == {"names": [names]}
         assert sorted(p["name"] for p in status["processes"]) == ["greeter", "guestbook"]
+        deadline = time.monotonic() + 20
+        while json.loads(cli("status", "--json", "--state-dir", str(state), cwd=tmp_path).stdout)[
+            "external_health"
+        ] != {names: "down"}:
+            assert time.monotonic() < deadline, "the address was never looked at"
+            time.sleep(0.2)  # the state file is rewritten once the first look is done
         table = cli("status", "--state-dir", str(state), cwd=tmp_path)
-        assert "names (external)" in table.stdout and names.split("://")[1] in table.stdout
+        row = next(line for line in table.stdout.splitlines() if "names (external)" in line)
+        assert "down" in row and names.split("://")[1] in row
         entries = cli("call", "guestbook.entries", "--state-dir", str(state), cwd=tmp_path)
         assert entries.returncode == 0 and json.loads(entries.stdout) == []
         away = cli("call", "names.normalize", '{"name": "ada"}', "--state-dir", str(state), cwd=tmp_path)

@@ -52,6 +52,7 @@ from .environment import VERSION_VAR, worker_environment
 from .log_files import RotatingLog, log_path
 from .logins import BrokerLogins
 from .plan import DeploymentPlan, Mode, ProcessPlan
+from .remote_health import RemoteHealth
 from .replica_set import replica_set
 from .scaling import ChangeRefused, Changes
 from .startup import check_ports, check_state_file, planned_ports
@@ -183,6 +184,11 @@ class Supervisor:
             version=version,
             remote={name: tuple(urls) for name, urls in (remote or {}).items()},
         )
+        # Services reached by URL: their /readyz looked at, for `archipel status` (routing is the callers').
+        tls = self.tls.client_context()
+        self.remote_health = RemoteHealth(
+            self.plan.remote, interval=probe_interval_peers, changed=self._changed, tls=tls
+        )
         self._open_endpoints = list(open_endpoints)
         self._echo = echo
         self._restart = restart
@@ -313,6 +319,7 @@ class Supervisor:
         self._watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         if self.broker_url is not None and self.mode == "microservices":
             self._watchers.append(asyncio.create_task(self._broker.watch()))
+        self._watchers.append(asyncio.create_task(self.remote_health.watch()))
         if self._companion is not None:  # before the state file: it names the dashboard
             await self._serve_dashboard(self._companion)
         self._published = True
@@ -579,5 +586,6 @@ class Supervisor:
             "updated": time.time(),
             "processes": [c.status() for c in self.children],
             "external": self.plan.remote_peers(),  # reached by URL
+            "external_health": dict(self.remote_health.states),  # each address: ready, not ready, down
             "dashboard": None if self.dashboard is None else self.dashboard.url,
         }
