@@ -298,6 +298,10 @@ def test_archipel_run_starts_the_command_shows_both_kinds_and_calls_them(tmp_pat
         table = cli("status", "--state-dir", str(state), cwd=tmp_path)
         row = next(line for line in table.stdout.splitlines() if "names (external)" in line)
         assert "down" in row and names.split("://")[1] in row
+        status = json.loads(cli("status", "--json", "--state-dir", str(state), cwd=tmp_path).stdout)
+        snapshot = httpx.get(status["dashboard"] + "api/snapshot", timeout=10).json()
+        services = {s["name"]: s for s in snapshot["services"]}  # the dashboard's graph shows it down
+        assert services["names"]["external"] == {names: "down"} and services["greeter"]["external"] == {}
         entries = cli("call", "guestbook.entries", "--state-dir", str(state), cwd=tmp_path)
         assert entries.returncode == 0 and json.loads(entries.stdout) == []
         away = cli("call", "names.normalize", '{"name": "ada"}', "--state-dir", str(state), cwd=tmp_path)

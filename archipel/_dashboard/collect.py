@@ -164,6 +164,11 @@ class Collector:
                     "handles": sorted(h.topic for h in spec.handlers),
                     "depends_on": sorted(d.__service_name__ for d in spec.dependencies.values()),
                     "pages": spec.cls.asgi_app is not Service.asgi_app,
+                    # Reached by URL, run elsewhere: each address as the supervisor last saw it.
+                    "external": {
+                        url: sup.remote_health.states.get(url, "unknown")
+                        for url in sup.plan.remote.get(spec.name, ())
+                    },
                 }
                 for spec in app.specs.values()
             ],

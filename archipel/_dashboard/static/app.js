@@ -144,9 +144,11 @@ function drawGraph(snap) {
   for (const p of snap.processes) for (const s of p.services) (byService[s] ||= []).push(p);
   for (const s of snap.services) {
     const p = pos[s.name];
-    const replicas = byService[s.name] || [];
+    // A service reached by URL has no process here: its addresses, as the supervisor saw them.
+    const external = Object.entries(s.external || {}).map(([url, health]) => ({ label: url, health }));
+    const replicas = external.length ? external : byService[s.name] || [];
     const worst = replicas.some((r) => BAD.has(r.health)) ? "bad" : replicas.every((r) => r.health === "ready") ? "ready" : "starting";
-    const where = replicas.length === 1 ? replicas[0].label : `${replicas.length} replicas`;
+    const where = external.length ? "external" : replicas.length === 1 ? replicas[0].label : `${replicas.length} replicas`;
     svg.append(el("svg:g", { class: `node ${worst}`, "data-service": s.name, "data-health": worst, transform: `translate(${p.x},${p.y})` },
       el("svg:rect", { width: W, height: H, rx: 8 }),
       el("svg:circle", { cx: W - 12, cy: 12, r: 5, class: "dot" }),
