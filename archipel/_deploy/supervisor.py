@@ -3,7 +3,8 @@ waits for readiness, restarts what dies, watches the broker, and stops everythin
 
 - The broker (which one, its files, its watchdog and restarts): ``_deploy.brokers``, whose
   :class:`~._deploy.brokers.BrokerKeeper` the supervisor owns and hears of every change from.
-- Children die with the supervisor, whatever kills it (``_deploy.hygiene``).
+- Children die with the supervisor, whatever kills it (``_deploy.hygiene``); a child that dies
+  unasked is restarted with a back-off (``_deploy.restarts``).
 - The state file (``archipel status``) is rewritten, atomically, whenever something changes.
 - Rollouts and scaling (``_deploy.scaling``) drive it through :meth:`Supervisor.add_replica` and
   :meth:`Supervisor.retire`; it stays one module because it alone owns the children's lifecycle.
@@ -12,7 +13,6 @@ waits for readiness, restarts what dies, watches the broker, and stops everythin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -54,6 +54,7 @@ from .logins import BrokerLogins
 from .plan import DeploymentPlan, Mode, ProcessPlan
 from .remote_health import RemoteHealth
 from .replica_set import replica_set
+from .restarts import keep_running
 from .scaling import ChangeRefused, Changes
 from .startup import check_ports, check_state_file, planned_ports
 from .statefile import process_start, read_state, write_state
@@ -85,7 +86,6 @@ __all__ = [
     "stop_waves",
 ]
 
-STABLE_AFTER = 30.0  # seconds a restarted process must live before its back-off resets
 DEFAULT_GRACE = 15.0  # seconds a process may take to stop before SIGKILL
 PROBE_INTERVAL = 1.0
 PROBE_FAILURES = 3  # failed broker probes in a row before the broker is restarted
@@ -452,36 +452,21 @@ class Supervisor:
     # -- watch ------------------------------------------------------------------------------
 
     async def _watch(self, child: Child) -> None:
-        while child.process is not None:
-            started = time.monotonic()
-            code = await child.process.wait()
-            if child.process.stdin is not None:
-                child.process.stdin.close()
-            if self._stopping or child.retired:
-                return
-            child.last_exit, child.ready = code, False
-            if not self._restart:
-                log.warning("%s exited with code %s", child.label, code)
-                self._changed()
-                return
-            if time.monotonic() - started > STABLE_AFTER:
-                child.backoff = 0  # it ran fine for a while: a new crash starts the back-off afresh
-            delay = min(10.0, self._restart_delay * 2**child.backoff)
-            child.backoff += 1
-            child.restarts += 1
-            log.warning(
-                "%s exited with code %s; restart %d in %.1fs", child.label, code, child.restarts, delay
-            )
-            self._changed()
-            await asyncio.sleep(delay)  # back-off between restarts of a crashing process
-            if self._stopping or child.retired:
-                return
-            await self._launch(child)
-            self._changed()
-            with contextlib.suppress(StartupError):  # it died again: the loop restarts it
-                await self.wait_ready(child, 60.0)
-                self._broker.save()
-                self._changed()
+        """Restart ``child`` whenever it dies (``_deploy.restarts``), until stopped or retired."""
+        await keep_running(
+            child,
+            restart=self._restart,
+            delay=self._restart_delay,
+            stopping=lambda: self._stopping,
+            launch=self._launch,
+            wait_ready=self.wait_ready,
+            changed=self._changed,
+            ready_again=self._ready_again,
+        )
+
+    def _ready_again(self) -> None:
+        self._broker.save()  # its MQTT session is one to resume at the next start
+        self._changed()
 
     async def restart_broker(self, *, graceful: bool = True, timeout: float = 30.0) -> None:
         """Restart the broker this supervisor runs, on the same port and data directory

@@ -44,3 +44,10 @@ export function errorBody(kind, message, service = '', method = '', details = un
   if (details !== undefined && details !== null) error.details = details;
   return JSON.stringify({ error });
 }
+
+/** A string quoted as Python's repr() quotes one, as a Python worker's messages show values. @param {string} text */
+export function pythonRepr(text) {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const body = text.replaceAll('\\', '\\\\').replaceAll(quote, `\\${quote}`);
+  return `${quote}${body}${quote}`;
+}

@@ -13,6 +13,7 @@
  */
 import { DiagLogLevel, SpanKind, SpanStatusCode, TraceFlags, diag } from '@opentelemetry/api';
 
+import { pythonRepr } from './errors.js';
 import { log } from './log.js';
 
 export const EXPORTER_VAR = 'OTEL_TRACES_EXPORTER';
@@ -26,9 +27,6 @@ const KINDS = {
   internal: SpanKind.INTERNAL,
 };
 
-/** Python's repr() of a string, as the Python worker's messages quote values. @param {string} text */
-const repr = (text) => `'${text.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`;
-
 /**
  * The exporters `env` asks for (`otlp`, `console`), or an Error naming the variable at fault.
  * @param {Record<string, string | undefined>} env @returns {string[]}
@@ -39,14 +37,14 @@ export function exporterNames(env) {
   if (!raw) names = ENDPOINT_VARS.some((name) => (env[name] ?? '').trim()) ? ['otlp'] : [];
   const unknown = [...new Set(names.filter((name) => !['otlp', 'console', 'none'].includes(name)))].sort();
   if (unknown.length > 0) {
-    throw new Error(`${EXPORTER_VAR}=${repr(raw)}: unknown ${unknown.join(', ')}; use otlp, console or none`);
+    throw new Error(`${EXPORTER_VAR}=${pythonRepr(raw)}: unknown ${unknown.join(', ')}; use otlp, console or none`);
   }
   if (names.includes('none')) return [];
   if (names.includes('otlp')) {
     for (const variable of PROTOCOL_VARS) {
       const protocol = (env[variable] ?? '').trim();
       if (!protocol) continue;
-      if (protocol !== 'http/protobuf') throw new Error(`${variable}=${repr(protocol)}: archipel exports spans over http/protobuf only`);
+      if (protocol !== 'http/protobuf') throw new Error(`${variable}=${pythonRepr(protocol)}: archipel exports spans over http/protobuf only`);
       break;
     }
   }
@@ -70,7 +68,7 @@ export function batchOptions(env) {
   for (const [variable, option] of Object.entries(BATCH_VARS)) {
     const raw = (env[variable] ?? '').trim();
     if (!raw) continue;
-    if (!/^[0-9]+$/.test(raw)) throw new Error(`${variable}=${repr(raw)}: expected a whole number`);
+    if (!/^[0-9]+$/.test(raw)) throw new Error(`${variable}=${pythonRepr(raw)}: expected a whole number`);
     options[option] = Number(raw);
   }
   return options;

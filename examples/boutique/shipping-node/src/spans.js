@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 
-import { errorBody } from './errors.js';
+import { errorBody, pythonRepr } from './errors.js';
 import { readable } from './export.js';
 
 export const RING_SIZE = 2000; // finished spans kept, as a Python worker keeps
@@ -100,8 +100,9 @@ export class Tracer {
     this.size = size;
     this.processors = processors;
     this.resource = resource;
-    /** @type {Span[]} oldest first */
+    /** @type {Span[]} a circular buffer: the next span goes at `next`, over the oldest once full */
     this.ring = [];
+    this.next = 0;
   }
 
   /**
@@ -120,8 +121,8 @@ export class Tracer {
 
   /** @param {Span} span */
   finish(span) {
-    this.ring.push(span);
-    if (this.ring.length > this.size) this.ring.splice(0, this.ring.length - this.size);
+    this.ring[this.next] = span;
+    this.next = (this.next + 1) % this.size;
     if (this.processors.length > 0) {
       const exported = readable(span, this.resource);
       for (const processor of this.processors) processor.onEnd(/** @type {any} */ (exported));
@@ -151,16 +152,10 @@ export class Tracer {
     if (!/^[0-9]+$/.test(rawLimit)) {
       return [400, errorBody('bad_request', `limit must be a whole number >= 0, got ${pythonRepr(rawLimit.slice(0, 64))}`)];
     }
-    let kept = traceId === null ? this.ring : this.ring.filter((span) => span.traceId === traceId);
+    const all = this.ring.length < this.size ? this.ring : [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
+    let kept = traceId === null ? all : all.filter((span) => span.traceId === traceId);
     const limit = Number(rawLimit);
     kept = limit === 0 ? [] : kept.slice(-limit);
     return [200, `{"process":${JSON.stringify(this.process)},"spans":[${kept.map((span) => span.json()).join(',')}]}`];
   }
-}
-
-/** A string quoted as Python's repr() quotes one, as the Python worker's messages show it. @param {string} text */
-function pythonRepr(text) {
-  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
-  const body = text.replaceAll('\\', '\\\\').replaceAll(quote, `\\${quote}`);
-  return `${quote}${body}${quote}`;
 }
