@@ -9,11 +9,12 @@ is away), ``down`` (no answer within the probe's time: refused, unreachable, fro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
+
+from .._rpc.membership import readyz_status
 
 PROBE_TIMEOUT = 1.0  # seconds an address has to answer /readyz
 
@@ -48,8 +49,5 @@ class RemoteHealth:
                 await asyncio.sleep(self._interval)  # a probe period, not a wait for a condition
 
     async def _look(self, session: aiohttp.ClientSession, url: str) -> str:
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
-            async with session.get(url.rstrip("/") + "/readyz", timeout=timeout) as answer:
-                return "ready" if answer.status == 200 else "not ready"
-        return "down"
+        status = await readyz_status(session, url.rstrip("/"), PROBE_TIMEOUT)
+        return "down" if status is None else "ready" if status == 200 else "not ready"

@@ -172,14 +172,7 @@ class Membership:
             await asyncio.sleep(max(0.0, self._interval - (loop.time() - started)))
 
     async def _probe(self, session: aiohttp.ClientSession, url: str) -> bool:
-        try:
-            async with session.get(
-                url + "/readyz", timeout=aiohttp.ClientTimeout(total=self._interval)
-            ) as response:
-                await response.read()
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+        return await readyz_status(session, url, self._interval) == 200
 
     def _all(self) -> set[str]:
         return {url for urls in self._known.values() for url in urls}
@@ -209,3 +202,13 @@ class Membership:
             log.warning("peers file %s is not {service: [url, ...]}: ignored", self._peers_file)
             return
         self.replace({name: urls for name, urls in data.items() if self._only is None or name in self._only})
+
+
+async def readyz_status(session: aiohttp.ClientSession, url: str, timeout: float) -> int | None:
+    """The status ``url``'s ``/readyz`` answers with, or None when it does not answer in time."""
+    try:
+        async with session.get(url + "/readyz", timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            await response.read()
+            return response.status
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None

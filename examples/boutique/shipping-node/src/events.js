@@ -6,7 +6,7 @@
  * is acknowledged (PUBACK) only once its OrderShipped, or its dead letter, was acknowledged by the
  * broker: a process that dies mid-way gets it again from its durable session.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 
 import mqtt from 'mqtt';
 
@@ -14,7 +14,7 @@ import { ArchipelError } from './errors.js';
 import { log } from './log.js';
 import { OrderPlaced, ValidationError } from './schema.js';
 import { shipOrder } from './shipping.js';
-import { SERVICE_ATTRIBUTE } from './spans.js';
+import { SERVICE_ATTRIBUTE, childTraceparent, wellFormedTraceparent } from './spans.js';
 
 export const SESSION_EXPIRY = 3600; // seconds a durable session outlives its connection
 export const MAX_INFLIGHT = 100; // messages handled at once (the broker's window, receive maximum)
@@ -28,7 +28,6 @@ const EMITTERS = new Set(['checkout']); // the services that declare they emit O
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\x00-\x1f\x7f-\x9f]/;
 const SOURCE = /^\/([A-Za-z0-9._-]+)\/([A-Za-z0-9._-]+)$/;
-const TRACEPARENT = /^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$/;
 // What Python's datetime.fromisoformat reads, with the offset RFC 3339 requires.
 const RFC3339 =
   /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,]\d{1,9})?)?)?(?:Z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d{1,6})?)?)?)$/i;
@@ -44,13 +43,6 @@ export function sharedFilter(root) {
 /** Python's datetime.now(UTC).isoformat(): microseconds and `+00:00`. */
 export function isoNow() {
   return new Date().toISOString().replace('Z', '000+00:00');
-}
-
-/** A new span under `parent`'s trace, or a new trace. @param {string | undefined} parent */
-export function childTraceparent(parent) {
-  const match = parent === undefined ? null : TRACEPARENT.exec(parent);
-  const trace = match ? match[1] : randomBytes(16).toString('hex');
-  return `00-${trace}-${randomBytes(8).toString('hex')}-${match ? match[2] : '01'}`;
 }
 
 /** @param {unknown} value @param {number} limit */
@@ -235,7 +227,7 @@ export async function startEvents(options) {
       traceparent: attr('traceparent'),
       payload: Buffer.from(packet.payload ?? []),
     };
-    if (envelope.traceparent !== undefined && !TRACEPARENT.test(envelope.traceparent)) envelope.traceparent = undefined;
+    if (envelope.traceparent !== undefined && !wellFormedTraceparent(envelope.traceparent)) envelope.traceparent = undefined;
     try {
       let reason = refusal(envelope);
       let event;

@@ -32,6 +32,17 @@ const hexId = (bytes) => {
   }
 };
 
+/** Whether `value` has the shape of a W3C `traceparent` (an event carrying another is treated as carrying none). @param {string} value */
+export function wellFormedTraceparent(value) {
+  return TRACEPARENT.test(value);
+}
+
+/** A new span id under `parent`'s trace, or a new trace: what is carried on when no span is recorded. @param {string | undefined} parent */
+export function childTraceparent(parent) {
+  const match = parent === undefined ? null : TRACEPARENT.exec(parent);
+  return `00-${match ? match[1] : hexId(16)}-${hexId(8)}-${match ? match[3] : '01'}`;
+}
+
 /** `traceparent` as [trace id, parent span id, flags], or null when absent or malformed. @param {string | undefined} value */
 export function parseTraceparent(value) {
   const match = value === undefined ? null : TRACEPARENT.exec(value);
